@@ -1,0 +1,149 @@
+"""The `hebbrobust` command line: a thin Typer layer over the library. The only typer/rich importer.
+
+Library errors (HebbrobustError) become one red line and exit code 1; --debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hebbrobust.errors import HebbrobustError
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, help=__doc__.splitlines()[0])
+trial_app = typer.Typer(no_args_is_help=True, help="Train and measure one model.")
+study_app = typer.Typer(no_args_is_help=True, help="Multi-objective studies on Ray Tune + Optuna + MLflow.")
+cache_app = typer.Typer(no_args_is_help=True, help="The shared filter cache.")
+app.add_typer(trial_app, name="trial")
+app.add_typer(study_app, name="study")
+app.add_typer(cache_app, name="cache")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="override a spec value: dotted.key=value (repeatable)")
+]
+SpecArg = Annotated[Path, typer.Argument(help="study/trial spec (YAML)", exists=True, dir_okay=False)]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+    _state["debug"] = debug
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def friendly(fn: F) -> F:
+    """Turn library errors into one red line and exit 1 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HebbrobustError as e:
+            if _state["debug"]:
+                raise
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class EpochBar:
+    """A rich progress bar fed by the library's on_epoch(stage, epoch, total, metrics) callback."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.tasks = progress, {}  # type: ignore[var-annotated]
+
+    def __call__(self, stage: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "lr")
+        self.progress.update(self.tasks[stage], completed=epoch, description=f"{stage:8s} {shown}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=False,
+    )
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        style = "red" if key.startswith("mask_") and key.endswith("_ok") and not value else None
+        table.add_row(key, str(value), style=style)
+    return table
+
+
+@trial_app.command("run")
+@friendly
+def trial_run(
+    spec: SpecArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="directory for metrics.json, filters.png, model.pt")],
+    set_: SetOpt = None,
+) -> None:
+    """Train and measure the spec's base trial (its search space is ignored)."""
+    from hebbrobust.config import load_trial
+    from hebbrobust.trial import run_trial, save_trial
+
+    config = load_trial(spec, set_ or [])
+    with _progress() as progress:
+        result = run_trial(config, on_epoch=EpochBar(progress))
+    paths = save_trial(result, out_dir)
+    shown = {k: v for k, v in result.metrics.items() if not isinstance(v, list | dict)}
+    out.print(_metrics_table(shown, f"{config.model.kind} model on {config.data.name}"))
+    _warn_masking(result.metrics)
+    out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _warn_masking(metrics: dict[str, Any]) -> None:
+    failed = [k for k, v in metrics.items() if k.startswith("mask_") and k.endswith("_ok") and v is not None and not v]
+    if failed:
+        err.print(f"[yellow]warning:[/yellow] gradient-masking checks failed: {', '.join(failed)}")
+
+
+@app.command("evaluate")
+@friendly
+def evaluate_cmd(
+    trial_dir: Annotated[Path, typer.Argument(help="a directory written by `trial run`", exists=True, file_okay=False)],
+    eps: Annotated[
+        list[float] | None, typer.Option("--eps", help="L-inf eps in units of 1/255 (repeatable)")
+    ] = None,
+    attack: Annotated[str | None, typer.Option("--attack", help="fgsm or pgd (default: both)")] = None,
+    n_images: Annotated[int | None, typer.Option("--n-images", help="test images to attack")] = None,
+) -> None:
+    """Re-evaluate a saved trial's robustness; updates its metrics.json and robustness.png."""
+    from hebbrobust.trial import reevaluate
+
+    if attack not in (None, "fgsm", "pgd"):
+        raise HebbrobustError(f"--attack: must be fgsm or pgd, got {attack!r}")
+    metrics = reevaluate(trial_dir, eps=eps, attack=attack, n_images=n_images)
+    out.print(_metrics_table(metrics, f"robustness of {trial_dir}"))
+    _warn_masking(metrics)
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m hebbrobust.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
+
+

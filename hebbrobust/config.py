@@ -1,0 +1,393 @@
+"""All configuration schemas: frozen pydantic models, every field says its unit and why.
+
+A spec file is YAML holding a `StudySpec`; `hebbrobust trial run` uses its `base` (a `TrialConfig`).
+`load_trial()` / `load_study()` read a file and turn every validation problem into one `SpecError`
+line that names the file, the field, the rule and what was given.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hebbrobust.errors import SpecError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- trial
+
+
+class DataConfig(_Frozen):
+    name: Literal["digits", "cifar10", "mnist", "fashion_mnist", "image_folder"] = Field(
+        "digits", description="data set; digits ships with scikit-learn and works offline"
+    )
+    path: Path | None = Field(
+        None,
+        description="image_folder: directory holding train/ and test/ (one folder per class); "
+        "torchvision sets: download/root directory (default ~/.cache/hebbrobust/torchvision)",
+    )
+    train_size: int | None = Field(None, ge=1, description="use a seeded subset of this many training images")
+    test_size: int | None = Field(None, ge=1, description="use a seeded subset of this many test images")
+    cache_dir: Path | None = Field(
+        None, description="where decoded arrays are cached (default ~/.cache/hebbrobust/data)"
+    )
+
+
+class ModelConfig(_Frozen):
+    kind: Literal["local", "backprop"] = Field(
+        "local", description="local: Krotov-Hopfield filters + trained head; backprop: end to end"
+    )
+    filters: int = Field(64, ge=1, le=100_000, description="number of conv filters F")
+    kernel: int = Field(3, ge=1, le=64, description="conv kernel width w (pixels)")
+    pool: int = Field(2, ge=1, le=64, description="max-pool window (stride 2)")
+    pool_stride: int = Field(2, ge=1, le=64, description="max-pool stride (thesis: 2)")
+    activation: Literal["relu", "elu", "gelu", "rexp"] = Field(
+        "relu", description="sigma in sigma(x)^n; rexp = max(0, e^x - 1) and ignores n"
+    )
+    power: float = Field(1.0, ge=1, le=100, description="activation power n in sigma(x)^n")
+
+
+class RuleConfig(_Frozen):
+    """The Krotov-Hopfield local rule and how the filters are trained with it."""
+
+    name: Literal["krotov"] = Field("krotov", description="the local learning rule")
+    p: float = Field(3.0, ge=1, le=32, description="Lebesgue power p of the patch/weight norm")
+    k: int = Field(2, ge=2, le=100_000, description="ranking index k that gets the anti-Hebbian push")
+    delta: float = Field(0.4, ge=0, le=10, description="anti-Hebbian strength Delta given to the k-th unit")
+    semantics: Literal["position", "batch"] = Field(
+        "batch", description="position: one update per patch position (thesis); batch: one per minibatch"
+    )
+    normalize: Literal["global", "per_filter"] = Field(
+        "global", description="divide dW by its global max (Krotov) or each filter's own max"
+    )
+    lr: float = Field(0.02, gt=0, le=10, description="initial learning rate eta0")
+    schedule: Literal["const", "linear", "cosine", "exp", "step"] = Field(
+        "cosine", description="learning-rate schedule over epochs, u = t/T"
+    )
+    tau: float = Field(3.0, gt=0, description="exp schedule: eta0 * exp(-tau u)")
+    gamma: float = Field(0.5, gt=0, le=1, description="step schedule: eta0 * gamma^floor(t/step_size)")
+    step_size: int = Field(10, ge=1, description="step schedule: epochs per decay")
+    epochs: int = Field(10, ge=0, le=100_000, description="filter-training epochs")
+    batch_size: int = Field(100, ge=1, le=1_000_000, description="images per filter update batch")
+    init_std: float = Field(1.0, gt=0, description="filters start as N(0, init_std^2) (thesis: 1)")
+
+
+class OptimConfig(_Frozen):
+    """AdamW with a cosine schedule, for the head on frozen filters or the whole backprop model."""
+
+    lr: float = Field(2e-3, gt=0, le=10, description="AdamW learning rate")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    epochs: int = Field(100, ge=0, le=100_000, description="training epochs (cosine to 0)")
+    batch_size: int = Field(1000, ge=1, le=1_000_000, description="images per step")
+
+
+class AttackConfig(_Frozen):
+    """Robustness measurement, sized so the quickstart stays quick."""
+
+    enabled: bool = Field(True, description="run attacks after training")
+    eps: tuple[float, ...] = Field((1.0, 2.0, 4.0, 8.0), description="L-inf grid, in units of 1/255")
+    pgd_steps: int = Field(20, ge=1, le=10_000, description="PGD iterations per restart")
+    pgd_alpha: float = Field(0.25, gt=0, le=1, description="PGD step as a fraction of eps")
+    pgd_restarts: int = Field(1, ge=1, le=100, description="PGD random restarts")
+    n_images: int = Field(500, ge=1, description="test images attacked on the fixed-eps grid")
+    radius_images: int = Field(500, ge=0, description="test images for minimal radii (0 = skip)")
+    confidence: float = Field(0.8, ge=0, lt=1, description="minimal radii only on images with softmax > C")
+    min_radius_images: int = Field(20, ge=1, description="fewer confident images than this: no R")
+    radius_pgd_step: float = Field(1e-3, gt=0, description="PGD first-flip: signed step size")
+    radius_pgd_max_steps: int = Field(700, ge=1, description="PGD first-flip: step budget")
+    radius_pgd_ball: float = Field(0.12, gt=0, le=1, description="PGD first-flip: L-inf ball radius")
+    batch_size: int = Field(500, ge=1, description="images per attack batch")
+
+    @field_validator("eps")
+    @classmethod
+    def _positive_eps(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(e <= 0 or e > 255 for e in v):
+            raise ValueError("must be a non-empty list of numbers in (0, 255]")
+        return tuple(sorted(v))
+
+
+class TrialConfig(_Frozen):
+    """One model trained and measured end to end."""
+
+    seed: int = Field(0, ge=0, description="seeds the data subset, filter init and all training")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    rule: RuleConfig = RuleConfig()
+    head: OptimConfig = Field(OptimConfig(), description="classifier on frozen local filters")
+    backprop: OptimConfig = Field(
+        OptimConfig(lr=1e-3, epochs=70), description="end-to-end training of the backprop model"
+    )
+    attack: AttackConfig = AttackConfig()
+    converge_tol: float = Field(1e-5, gt=0, description="thesis: converged iff |‖W‖_p - 1| < tol")
+
+    @model_validator(mode="after")
+    def _k_at_most_filters(self) -> TrialConfig:
+        if self.model.kind == "local" and self.rule.k > self.model.filters:
+            raise ValueError(f"rule.k ({self.rule.k}) must be <= model.filters ({self.model.filters})")
+        return self
+
+    def digest(self) -> str:
+        """A short stable hash of the whole config."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- study
+
+
+class FloatDist(_Frozen):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatDist:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low}")
+        return self
+
+
+class IntDist(_Frozen):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> IntDist:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low}")
+        return self
+
+
+class CategoricalDist(_Frozen):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discriminator="type")]
+
+
+class Objective(_Frozen):
+    metric: str = Field(description="a metric name from the trial's metrics.json")
+    mode: Literal["max", "min"] = "max"
+
+
+class SamplerConfig(_Frozen):
+    name: Literal["tpe", "nsga2", "nsga3", "gp", "random", "grid"] = "tpe"
+    seed: int | None = Field(None, description="sampler seed (None: random)")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the Optuna sampler")
+
+
+class Resources(_Frozen):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial")
+    gpu: Literal["auto"] | float = Field(
+        "auto", description="GPUs per trial; auto: 1 when the cluster has GPUs, else 0"
+    )
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: Any) -> Any:
+        if v != "auto" and float(v) < 0:
+            raise ValueError("must be 'auto' or a number >= 0")
+        return v
+
+
+class StudySpec(_Frozen):
+    name: str = Field("study", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="study name")
+    base: TrialConfig = TrialConfig()
+    space: dict[str, Distribution] = Field(default_factory=dict, description="dotted trial key -> dist")
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="clean_acc"), Objective(metric="pgd_acc@2")],
+        min_length=1,
+    )
+    sampler: SamplerConfig = SamplerConfig()
+    num_trials: int = Field(8, ge=1, le=1_000_000)
+    max_concurrent: int = Field(2, ge=1, le=10_000)
+    seeds: int = Field(1, ge=1, le=100, description="repeats per configuration, averaged")
+    max_failures: int = Field(0, ge=0, description="retries of a failed trial")
+    resources: Resources = Resources()
+    tracking_uri: str | None = Field(None, description="MLflow URI (default: sqlite ./mlflow.db)")
+    experiment: str | None = Field(None, description="MLflow experiment (default: the study name)")
+    storage: Path | None = Field(None, description="study directory root (default ./hebbrobust-studies)")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # a plain list is shorthand for a categorical choice
+        if isinstance(v, dict):
+            return {
+                k: ({"type": "categorical", "choices": d} if isinstance(d, list) else d) for k, d in v.items()
+            }
+        return v
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: tuple[Any, ...], prefix: str) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p in ("float", "int", "categorical"))]
+    dotted = ".".join(parts)
+    return f"{prefix}{dotted}" if dotted else prefix.rstrip(".") or "(root)"
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed where `loc` (minus its last part) points inside `model`."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        ann = fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}).keys())
+
+
+def spec_error(path: Path | str | None, err: ValidationError, model: type[BaseModel], prefix: str = "") -> SpecError:
+    """The first problem of a ValidationError as one SpecError line."""
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    field = _format_loc(loc, prefix)
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_fields(model, loc)
+        return SpecError(path, field, "unknown field; allowed: " + ", ".join(allowed))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        return SpecError(path, field, "required field is missing")
+    return SpecError(path, field, msg, first.get("input"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from `path` (safe_load), or a SpecError naming the file."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(path, "(file)", f"cannot read: {e.__class__.__name__}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise SpecError(path, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(path, "(root)", "must be a YAML mapping", type(data).__name__)
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], path: Path | str | None = None) -> dict[str, Any]:
+    """`a.b.c=value` strings applied to a nested dict; values are parsed as YAML."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(path, f"--set {item}", "must look like dotted.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError(path, f"--set {key}", f"{part} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def load_trial(path: Path, overrides: list[str] | None = None) -> TrialConfig:
+    """The base trial of a spec file, with `--set` overrides relative to the base."""
+    data = read_yaml(path)
+    base = data.get("base", {}) if "base" in data or "space" in data or "name" in data else data
+    if not isinstance(base, dict):
+        raise SpecError(path, "base", "must be a mapping", type(base).__name__)
+    sets = [o.removeprefix("base.") for o in overrides or []]
+    base = apply_overrides(base, sets, path)
+    try:
+        return TrialConfig.model_validate(base)
+    except ValidationError as e:
+        raise spec_error(path, e, TrialConfig, "base.") from None
+
+
+def get_dotted(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_space_key(path: Path | str | None, key: str) -> None:
+    current: Any = TrialConfig
+    for part in key.split("."):
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            allowed = ", ".join(sorted(fields)) if fields else "(none: not a mapping)"
+            raise SpecError(path, f"space.{key}", f"not a trial setting; allowed at '{part}': {allowed}")
+        ann = fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if current is not None:
+        raise SpecError(path, f"space.{key}", "names a whole section; search a setting inside it")
+
+
+def load_study(path: Path, overrides: list[str] | None = None) -> StudySpec:
+    """A study spec with `--set` overrides relative to the spec root, fully checked:
+    every space key names a trial setting, and every end of every range gives a valid trial."""
+    data = apply_overrides(read_yaml(path), overrides or [], path)
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise spec_error(path, e, StudySpec) from None
+    if not spec.space:
+        raise SpecError(path, "space", "must name at least one setting to search")
+    base = spec.base.model_dump(mode="json")
+    for key, dist in spec.space.items():
+        _check_space_key(path, key)
+        values = dist.choices if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
+        for value in values:
+            trial = apply_overrides(base, [], path)
+            node = trial
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = value
+            try:
+                TrialConfig.model_validate(trial)
+            except ValidationError as e:
+                inner = spec_error(None, e, TrialConfig)
+                raise SpecError(path, f"space.{key}", f"value {value!r} gives an invalid trial: {inner}") from None
+    return spec
+
+
+def with_params(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
+    """`base` with dotted-key parameters set (as a study trial gets them)."""
+    data = base.model_dump(mode="json")
+    for key, value in params.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+    return TrialConfig.model_validate(data)

@@ -1,0 +1,81 @@
+"""The one-hidden-layer CNN of SCIENCE.md §1, shared by the local and the backprop model.
+
+    x (B, C, H, W) in [0, 1]
+    -> conv F x w x w, stride 1, no padding, no bias       (B, F, H-w+1, W-w+1)
+         local:    currents I = conv(x, sign(W)|W|^(p-1)) / ||patch||_p   (divisor 1 where norm < 1e-7)
+         backprop: plain conv(x, W)
+    -> max-pool(pool, stride)                               (B, F, H', W')   = features()
+    -> sigma(x)^n  (relu, elu, gelu; rexp = max(0, e^x - 1) without power)
+    -> flatten -> linear (no bias) -> log-softmax           (B, classes)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hebbrobust.config import ModelConfig
+
+NORM_FLOOR = 1e-7  # patches with a smaller p-norm are not rescaled (divisor 1)
+
+
+def activation_power(x: torch.Tensor, activation: str, n: float) -> torch.Tensor:
+    """sigma(x)^n; integer n is a plain power (ELU^16 is even), other n keep the sign: sign(s)|s|^n."""
+    if activation == "rexp":
+        return torch.relu(torch.expm1(x))
+    s = {"relu": torch.relu, "elu": F.elu, "gelu": F.gelu}[activation](x)
+    if n == 1:
+        return s
+    if float(n).is_integer():
+        return s.pow(int(n))
+    return s.sign() * s.abs().pow(n)
+
+
+def local_currents(x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
+    """Currents of normalised patches: conv(x, sign(W)|W|^(p-1)) / (window sum of |x|^p)^(1/p)."""
+    kernel = weight.sign() * weight.abs().pow(p - 1)  # (F, C, w, w)
+    ones = torch.ones((1, *weight.shape[1:]), dtype=x.dtype, device=x.device)
+    s = F.conv2d(x.abs().pow(p), ones)  # (B, 1, H', W'): sum over the w x w x C window
+    floor = NORM_FLOOR**p
+    small = s <= floor
+    norm = torch.where(small, torch.ones_like(s), s.clamp_min(max(floor, 1e-38)).pow(1.0 / p))
+    return F.conv2d(x, kernel) / norm
+
+
+class HebbCNN(nn.Module):
+    def __init__(self, cfg: ModelConfig, in_shape: tuple[int, int, int], classes: int, p: float) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        k = cfg.kernel
+        if k > h or k > w:
+            raise ValueError(f"model.kernel {k} is larger than the {h}x{w} images")
+        oh, ow = h - k + 1, w - k + 1
+        if cfg.pool > oh or cfg.pool > ow:
+            raise ValueError(f"model.pool {cfg.pool} is larger than the {oh}x{ow} conv output")
+        ph, pw = (oh - cfg.pool) // cfg.pool_stride + 1, (ow - cfg.pool) // cfg.pool_stride + 1
+        self.kind, self.p = cfg.kind, float(p)
+        self.activation, self.power = cfg.activation, float(cfg.power)
+        self.pool, self.pool_stride = cfg.pool, cfg.pool_stride
+        self.feature_shape = (cfg.filters, ph, pw)
+        weight = torch.empty(cfg.filters, c, k, k)
+        if cfg.kind == "backprop":
+            nn.init.kaiming_uniform_(weight, a=5**0.5)  # what nn.Conv2d does by default
+        # local filters are set by the rule; they never get gradients (plasticity is off in forward)
+        self.conv_weight = nn.Parameter(weight, requires_grad=cfg.kind == "backprop")
+        self.head = nn.Linear(cfg.filters * ph * pw, classes, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool output (B, F, H', W'): what a head on frozen local filters trains on."""
+        if self.kind == "local":
+            h = local_currents(x, self.conv_weight, self.p)
+        else:
+            h = F.conv2d(x, self.conv_weight)
+        return F.max_pool2d(h, self.pool, self.pool_stride)
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities from pool output."""
+        return F.log_softmax(self.head(activation_power(h, self.activation, self.power).flatten(1)), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))

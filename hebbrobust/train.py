@@ -1,0 +1,168 @@
+"""Training: local filters by the rule, the head on frozen filters, and the backprop model end to end.
+
+Progress goes through `on_epoch(stage, epoch, total, metrics)`; nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from hebbrobust.config import OptimConfig, RuleConfig
+from hebbrobust.errors import TrialError
+from hebbrobust.evaluate import filter_convergence
+from hebbrobust.models import HebbCNN
+from hebbrobust.rules import krotov
+
+EpochCallback = Callable[[str, int, int, dict[str, float]], None]
+FEATURE_CACHE_BYTES = 6 * 1024**3  # cache pool outputs for head training up to this size (fp16 beyond 3 GiB)
+BLUE_WALL_FRAC = 0.85  # more than this share of all-negative filters: one unit won every ranking
+
+
+def _noop(stage: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
+    return None
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def check_filters(weights: torch.Tensor) -> None:
+    """Raise TrialError when the filters diverged: non-finite weights or the Blue Wall of Death."""
+    if not torch.isfinite(weights).all():
+        raise TrialError("filters diverged: NaN or infinite weights (lower rule.lr or rule.delta)")
+    negative = (weights.flatten(1) <= 0).all(dim=1).float().mean().item()
+    if negative > BLUE_WALL_FRAC:
+        raise TrialError(
+            f"Blue Wall of Death: {negative:.0%} of filters have only negative weights "
+            "(one unit wins every ranking; lower rule.delta or rule.lr)"
+        )
+
+
+def fit_filters_local(
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    cfg: RuleConfig,
+    *,
+    kernel: int,
+    tol: float,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, list[float]]:
+    """Train weights (F, N) in place on images x (B, C, H, W) by the local rule; returns per-epoch curves."""
+    on_epoch = on_epoch or _noop
+    gen = torch.Generator().manual_seed(seed + 1)
+    curves: dict[str, list[float]] = {"lr": [], "unconverged_frac": [], "norm_dev": []}
+    for epoch in range(cfg.epochs):
+        lr = krotov.lr_at(epoch, cfg.epochs, cfg)
+        for idx in _batches(len(x), cfg.batch_size, gen):
+            krotov.train_step(weights, x[idx.to(x.device)], cfg, lr)
+        check_filters(weights)
+        conv = filter_convergence(weights, cfg.p, tol)
+        norms = torch.as_tensor(conv["norms"])
+        row = {
+            "lr": lr,
+            "unconverged_frac": float(conv["unconverged_frac"]),
+            "norm_dev": float((norms - 1).abs().mean()),  # mean |‖W_mu‖_p - 1|: the rule's drift to unit norm
+        }
+        for name, value in row.items():
+            curves[name].append(value)
+        on_epoch("filters", epoch + 1, cfg.epochs, row)
+    return curves
+
+
+def _pool_features(model: HebbCNN, x: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+    """Pool outputs of all of x, or None when they would not fit the cache budget."""
+    per_image = int(torch.tensor(model.feature_shape).prod()) * 4
+    total = per_image * len(x)
+    if total > FEATURE_CACHE_BYTES:
+        return None
+    dtype = torch.float16 if total > FEATURE_CACHE_BYTES // 2 else torch.float32
+    with torch.no_grad():
+        return torch.cat([model.features(xb).to(dtype) for xb in x.split(batch_size)])
+
+
+def _optimise(
+    params: list[torch.nn.Parameter],
+    loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    n: int,
+    cfg: OptimConfig,
+    *,
+    stage: str,
+    seed: int,
+    on_epoch: EpochCallback,
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """AdamW + cosine schedule over index batches; loss_of(idx) -> (loss, correct count)."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    curves: dict[str, list[float]] = {"loss": [], "train_acc": [], "lr": []}
+    for epoch in range(cfg.epochs):
+        total_loss, correct = 0.0, 0
+        lr = sched.get_last_lr()[0]
+        for idx in _batches(n, cfg.batch_size, gen):
+            idx = idx.to(device)
+            loss, hits = loss_of(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(idx)
+            correct += int(hits)
+        row = {"loss": total_loss / n, "train_acc": correct / n, "lr": lr}
+        if not torch.isfinite(torch.tensor(row["loss"])):
+            raise TrialError(f"{stage} training diverged: loss is {row['loss']} at epoch {epoch + 1}")
+        for name, value in row.items():
+            curves[name].append(value)
+        on_epoch(stage, epoch + 1, cfg.epochs, row)
+    return curves
+
+
+def fit_head(
+    model: HebbCNN,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: OptimConfig,
+    *,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, list[float]]:
+    """Train the linear head on frozen filters. Pool outputs are computed once and cached
+    (memory-bounded); sigma^n and the head are trained on the cache."""
+    cache = _pool_features(model, x, cfg.batch_size)
+
+    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = cache[idx].float() if cache is not None else model.features(x[idx]).detach()
+        out = model.classify(h)
+        return F.nll_loss(out, y[idx]), (out.argmax(1) == y[idx]).sum()
+
+    return _optimise(
+        list(model.head.parameters()), loss_of, len(x), cfg,
+        stage="head", seed=seed, on_epoch=on_epoch or _noop, device=x.device,
+    )
+
+
+def fit_backprop(
+    model: HebbCNN,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: OptimConfig,
+    *,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, list[float]]:
+    """Train conv and head end to end by backpropagation."""
+
+    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(x[idx])
+        return F.nll_loss(out, y[idx]), (out.argmax(1) == y[idx]).sum()
+
+    model.train()
+    return _optimise(
+        list(model.parameters()), loss_of, len(x), cfg,
+        stage="backprop", seed=seed, on_epoch=on_epoch or _noop, device=x.device,
+    )

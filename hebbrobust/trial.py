@@ -1,0 +1,193 @@
+"""One trial end to end, plain Python: data -> train -> measure -> TrialResult. No Ray, MLflow or Optuna."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hebbrobust import plots
+from hebbrobust.config import TrialConfig
+from hebbrobust.data import load_dataset
+from hebbrobust.errors import TrialError
+from hebbrobust.evaluate import clean_accuracy, evaluate_robustness, filter_convergence
+from hebbrobust.models import HebbCNN
+from hebbrobust.rules import krotov
+from hebbrobust.train import fit_backprop, fit_filters_local, fit_head
+
+# on_epoch(stage, epoch, total_epochs, metrics): stage is "filters", "head" or "backprop";
+# metrics hold that epoch's numbers (e.g. loss, unconverged_frac, lr).
+EpochCallback = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrialResult:
+    config: TrialConfig
+    metrics: dict[str, Any]  # final numbers: clean_acc, unconverged_frac, train_seconds, robustness ...
+    curves: dict[str, list[float]] = field(default_factory=dict)  # "<stage>/<name>" -> one value per epoch
+    model: torch.nn.Module | None = None
+    filters: torch.Tensor | None = None  # (F, C, w, w) conv weights as trained
+    extras: dict[str, Any] = field(default_factory=dict)  # arrays for plots (radii, per-filter norms ...)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrialError("device: cuda was asked for but torch sees no GPU")
+    return torch.device(name)
+
+
+def build_model(config: TrialConfig, in_shape: tuple[int, int, int], classes: int) -> HebbCNN:
+    try:
+        return HebbCNN(config.model, in_shape, classes, p=config.rule.p)
+    except ValueError as e:
+        raise TrialError(str(e)) from None
+
+
+def run_trial(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResult:
+    """Train and measure one model. Raises TrialError (with the reason) when it diverges."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.data)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    model = build_model(config, data.shape, len(data.classes)).to(device)
+    curves: dict[str, list[float]] = {}
+    metrics: dict[str, Any] = {"n_train": len(x_train), "n_test": len(x_test), "device": device.type}
+    start = time.perf_counter()
+    if config.model.kind == "local":
+        f, c, w, _ = model.conv_weight.shape
+        weights = krotov.init_weights(f, c * w * w, seed=config.seed, std=config.rule.init_std).to(device)
+        filter_curves = fit_filters_local(
+            weights, x_train, config.rule, kernel=w, tol=config.converge_tol, seed=config.seed, on_epoch=on_epoch
+        )
+        with torch.no_grad():
+            model.conv_weight.copy_(weights.view_as(model.conv_weight))
+        metrics["filter_seconds"] = time.perf_counter() - start
+        curves.update({f"filters/{k}": v for k, v in filter_curves.items()})
+        head_curves = fit_head(model, x_train, y_train, config.head, seed=config.seed, on_epoch=on_epoch)
+        curves.update({f"head/{k}": v for k, v in head_curves.items()})
+    else:
+        bp_curves = fit_backprop(model, x_train, y_train, config.backprop, seed=config.seed, on_epoch=on_epoch)
+        curves.update({f"backprop/{k}": v for k, v in bp_curves.items()})
+    metrics["train_seconds"] = time.perf_counter() - start
+    model.eval()
+    metrics["clean_acc"] = clean_accuracy(model, x_test, y_test)
+    if not math.isfinite(metrics["clean_acc"]):
+        raise TrialError("model output is not finite on the test set")
+    filters = model.conv_weight.detach().cpu()
+    conv = filter_convergence(filters, config.rule.p, config.converge_tol)
+    metrics["unconverged_frac"] = conv["unconverged_frac"]
+    metrics["unconverged_frac_norm_only"] = conv["unconverged_frac_norm_only"]
+    extras: dict[str, Any] = {"convergence": conv, "input_shape": data.shape}
+    if config.attack.enabled:
+        rob, rob_extras = evaluate_robustness(model, x_test, y_test, config.attack)
+        metrics.update(rob)
+        extras["robustness"] = rob_extras
+    return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    return value
+
+
+def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
+    """Writes metrics.json, filters.png, robustness.png (when attacked), model.pt; returns name -> path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in ("metrics.json", "filters.png", "model.pt")}
+    conv = result.extras.get("convergence", {})
+    doc = {
+        **result.metrics,
+        "input_shape": list(result.extras.get("input_shape", [])),
+        "unconverged_filters": conv.get("unconverged", []),
+        "filter_norms": conv.get("norms", []),
+        "config": result.config.model_dump(mode="json"),
+        "curves": result.curves,
+    }
+    _atomic_write(paths["metrics.json"], lambda p: p.write_text(json.dumps(_jsonable(doc), indent=2)))
+    if result.model is not None:
+        _atomic_write(paths["model.pt"], lambda p: torch.save(result.model.state_dict(), p))  # type: ignore[union-attr]
+    if result.filters is not None:
+        kind = result.config.model.kind
+        title = f"{kind} filters, acc {result.metrics.get('clean_acc', float('nan')):.3f}"
+        fig = plots.filter_grid(result.filters.numpy(), title=title)
+        _atomic_write(paths["filters.png"], lambda p: fig.savefig(p, format="png", dpi=100))
+        plots.plt.close(fig)
+    if "robustness" in result.extras:
+        paths["robustness.png"] = out_dir / "robustness.png"
+        fig = plots.robustness_figure(result.extras["robustness"], title=f"{result.config.model.kind} model")
+        _atomic_write(paths["robustness.png"], lambda p: fig.savefig(p, format="png", dpi=100))
+        plots.plt.close(fig)
+    return paths
+
+
+def load_trial_dir(trial_dir: Path) -> tuple[TrialConfig, HebbCNN, dict[str, Any]]:
+    """The config, model (eval mode, weights_only load) and metrics.json of a saved trial directory."""
+    trial_dir = Path(trial_dir)
+    try:
+        doc = json.loads((trial_dir / "metrics.json").read_text())
+        state = torch.load(trial_dir / "model.pt", weights_only=True, map_location="cpu")
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TrialError(f"{trial_dir}: not a readable trial directory ({e.__class__.__name__}: {e})") from None
+    config = TrialConfig.model_validate(doc["config"])
+    c, h, w = state["conv_weight"].shape[1], 0, 0
+    data_shape = doc.get("input_shape")
+    if data_shape:
+        c, h, w = data_shape
+    model = build_model(config, (c, h, w), state["head.weight"].shape[0])
+    model.load_state_dict(state)
+    return config, model.eval(), doc
+
+
+def reevaluate(
+    trial_dir: Path, *, eps: list[float] | None = None, attack: str | None = None, n_images: int | None = None
+) -> dict[str, Any]:
+    """Attack a saved trial again (optionally another eps grid, one attack, more images); updates
+    its metrics.json and robustness.png and returns the new robustness metrics."""
+    config, model, doc = load_trial_dir(trial_dir)
+    changes: dict[str, Any] = {"enabled": True}
+    if eps:
+        changes["eps"] = tuple(eps)
+    if n_images:
+        changes["n_images"] = n_images
+    attack_cfg = config.attack.model_validate({**config.attack.model_dump(), **changes})
+    data = load_dataset(config.data)
+    rob, extras = evaluate_robustness(model, data.x_test, data.y_test, attack_cfg)
+    if attack is not None:
+        other = "pgd" if attack == "fgsm" else "fgsm"
+        rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}
+    doc.update(_jsonable(rob))
+    _atomic_write(Path(trial_dir) / "metrics.json", lambda p: p.write_text(json.dumps(doc, indent=2)))
+    fig = plots.robustness_figure(extras, title=f"{config.model.kind} model")
+    _atomic_write(Path(trial_dir) / "robustness.png", lambda p: fig.savefig(p, format="png", dpi=100))
+    plots.plt.close(fig)
+    return rob

@@ -1,0 +1,61 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hebbrobust.config import ModelConfig
+from hebbrobust.models import HebbCNN, activation_power, local_currents
+
+
+def _reference_currents(x: torch.Tensor, w: torch.Tensor, p: float) -> torch.Tensor:
+    """Unfold, normalise each patch to unit p-norm (divisor 1 below 1e-7), dot with sign(W)|W|^(p-1)."""
+    b, c, h, ww = x.shape
+    f, _, k, _ = w.shape
+    v = F.unfold(x.double(), k).transpose(1, 2)  # (B, P, N)
+    norm = v.abs().pow(p).sum(-1, keepdim=True).pow(1 / p)
+    norm = torch.where(norm < 1e-7, torch.ones_like(norm), norm)
+    kern = (w.sign() * w.abs().pow(p - 1)).double().reshape(f, -1)
+    cur = (v / norm) @ kern.T  # (B, P, F)
+    return cur.transpose(1, 2).reshape(b, f, h - k + 1, ww - k + 1)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 4.5])
+def test_local_currents_equal_unfold_reference(p: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 9, 7, generator=g)
+    x[0, :, :4, :4] = 0  # a blank region: divisor 1
+    w = torch.randn(5, 2, 3, 3, generator=g)
+    got = local_currents(x, w, p).double()
+    assert torch.allclose(got, _reference_currents(x, w, p), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["local", "backprop"])
+def test_model_shapes_and_log_probs(kind: str) -> None:
+    cfg = ModelConfig(kind=kind, filters=6, kernel=4, pool=3, activation="elu", power=3)
+    model = HebbCNN(cfg, (3, 16, 16), classes=10, p=3)
+    assert model.feature_shape == (6, 6, 6)  # conv 13x13, pool 3 stride 2 -> 6x6
+    out = model(torch.rand(4, 3, 16, 16))
+    assert out.shape == (4, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(4), atol=1e-5)
+    assert model.conv_weight.requires_grad == (kind == "backprop")
+
+
+def test_input_gradients_are_finite_on_blank_images() -> None:
+    model = HebbCNN(ModelConfig(filters=4, kernel=3), (1, 8, 8), classes=3, p=4)
+    torch.nn.init.normal_(model.conv_weight)
+    x = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_activation_power() -> None:
+    x = torch.tensor([-1.0, 0.5, 2.0])
+    assert torch.allclose(activation_power(x, "relu", 2), torch.tensor([0.0, 0.25, 4.0]))
+    elu = F.elu(x)
+    assert torch.allclose(activation_power(x, "elu", 2), elu**2)  # integer power: plain (even) power
+    assert torch.allclose(activation_power(x, "elu", 1.5), elu.sign() * elu.abs() ** 1.5)
+    assert torch.allclose(activation_power(x, "rexp", 7), torch.relu(torch.expm1(x)))
+
+
+def test_too_large_pool_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="model.pool"):
+        HebbCNN(ModelConfig(kernel=3, pool=9), (1, 8, 8), classes=10, p=3)
