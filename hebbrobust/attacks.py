@@ -140,7 +140,9 @@ def pgd(
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if eps < 0 or alpha < 0 or steps < 0 or restarts < 1:
-        raise ValueError(f"need eps, alpha, steps >= 0 and restarts >= 1, got {eps}, {alpha}, {steps}, {restarts}")
+        raise ValueError(
+            f"need eps, alpha, steps >= 0 and restarts >= 1, got {eps}, {alpha}, {steps}, {restarts}"
+        )
     x = x.detach()
     runs = restarts if random_start else 1
     with eval_mode(model):

@@ -98,14 +98,20 @@ def trial_run(
     spec: SpecArg,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="directory for metrics.json, filters.png, model.pt")],
     set_: SetOpt = None,
+    filter_cache: Annotated[
+        Path | None, typer.Option("--filter-cache", help="share trained filters through this cache directory")
+    ] = None,
 ) -> None:
-    """Train and measure the spec's base trial (its search space is ignored)."""
+    """Train and measure the spec's base trial (its search space is ignored). Every epoch is
+    checkpointed under OUT/checkpoints: rerunning the same command resumes a cut-off run."""
     from hebbrobust.config import load_trial
     from hebbrobust.trial import run_trial, save_trial
 
     config = load_trial(spec, set_ or [])
     with _progress() as progress:
-        result = run_trial(config, on_epoch=EpochBar(progress))
+        result = run_trial(
+            config, on_epoch=EpochBar(progress), filter_cache=filter_cache, checkpoint_dir=out_dir / "checkpoints"
+        )
     paths = save_trial(result, out_dir)
     shown = {k: v for k, v in result.metrics.items() if not isinstance(v, list | dict)}
     out.print(_metrics_table(shown, f"{config.model.kind} model on {config.data.name}"))

@@ -5,7 +5,10 @@ Progress goes through `on_epoch(stage, epoch, total, metrics)`; nothing here pri
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +20,29 @@ from hebbrobust.models import HebbCNN
 from hebbrobust.rules import krotov
 
 EpochCallback = Callable[[str, int, int, dict[str, float]], None]
-FEATURE_CACHE_BYTES = 6 * 1024**3  # cache pool outputs for head training up to this size (fp16 beyond 3 GiB)
+FEATURE_CACHE_BYTES = 6 * 1024**3  # cache pool outputs for head training up to this size (fp32, else fp16)
 BLUE_WALL_FRAC = 0.85  # more than this share of all-negative filters: one unit won every ranking
 
 
 def _noop(stage: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
     return None
+
+
+def _load_checkpoint(path: Path | None, tag: str) -> dict[str, Any] | None:
+    """A checkpoint written by _save_checkpoint for the same `tag` (config digest), else None."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    return state if state.get("tag") == tag else None
+
+
+def _save_checkpoint(path: Path | None, state: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a run killed mid-save keeps the previous epoch's checkpoint
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -50,12 +70,20 @@ def fit_filters_local(
     tol: float,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    checkpoint: Path | None = None,
+    tag: str = "",
 ) -> dict[str, list[float]]:
-    """Train weights (F, N) in place on images x (B, C, H, W) by the local rule; returns per-epoch curves."""
+    """Train weights (F, N) in place on images x (B, C, H, W) by the local rule; returns per-epoch curves.
+    With `checkpoint`, state is saved after every epoch and a matching checkpoint (same `tag`) resumes."""
     on_epoch = on_epoch or _noop
     gen = torch.Generator().manual_seed(seed + 1)
     curves: dict[str, list[float]] = {"lr": [], "unconverged_frac": [], "norm_dev": []}
-    for epoch in range(cfg.epochs):
+    first = 0
+    if (state := _load_checkpoint(checkpoint, tag)) is not None:
+        weights.copy_(state["weights"])
+        gen.set_state(state["generator"])
+        curves, first = state["curves"], state["epoch"]
+    for epoch in range(first, cfg.epochs):
         lr = krotov.lr_at(epoch, cfg.epochs, cfg)
         for idx in _batches(len(x), cfg.batch_size, gen):
             krotov.train_step(weights, x[idx.to(x.device)], cfg, lr)
@@ -70,16 +98,18 @@ def fit_filters_local(
         for name, value in row.items():
             curves[name].append(value)
         on_epoch("filters", epoch + 1, cfg.epochs, row)
+        _save_checkpoint(checkpoint, {
+            "tag": tag, "epoch": epoch + 1, "weights": weights.cpu(), "generator": gen.get_state(), "curves": curves,
+        })
     return curves
 
 
 def _pool_features(model: HebbCNN, x: torch.Tensor, batch_size: int) -> torch.Tensor | None:
     """Pool outputs of all of x, or None when they would not fit the cache budget."""
-    per_image = int(torch.tensor(model.feature_shape).prod()) * 4
-    total = per_image * len(x)
-    if total > FEATURE_CACHE_BYTES:
+    total = int(torch.tensor(model.feature_shape).prod()) * 4 * len(x)  # fp32 bytes
+    if total > 2 * FEATURE_CACHE_BYTES:
         return None
-    dtype = torch.float16 if total > FEATURE_CACHE_BYTES // 2 else torch.float32
+    dtype = torch.float16 if total > FEATURE_CACHE_BYTES else torch.float32
     with torch.no_grad():
         return torch.cat([model.features(xb).to(dtype) for xb in x.split(batch_size)])
 
@@ -94,14 +124,25 @@ def _optimise(
     seed: int,
     on_epoch: EpochCallback,
     device: torch.device,
+    module: torch.nn.Module,
+    checkpoint: Path | None,
+    tag: str,
 ) -> dict[str, list[float]]:
-    """AdamW + cosine schedule over index batches; loss_of(idx) -> (loss, correct count)."""
+    """AdamW + cosine schedule over index batches; loss_of(idx) -> (loss, correct count).
+    With `checkpoint`, module/optimiser state is saved every epoch and a matching one resumes."""
     gen = torch.Generator().manual_seed(seed + 2)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     curves: dict[str, list[float]] = {"loss": [], "train_acc": [], "lr": []}
-    for epoch in range(cfg.epochs):
+    first = 0
+    if (state := _load_checkpoint(checkpoint, tag)) is not None:
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["generator"])
+        curves, first = state["curves"], state["epoch"]
+    for epoch in range(first, cfg.epochs):
         total_loss, correct = 0.0, 0
         lr = sched.get_last_lr()[0]
         for idx in _batches(n, cfg.batch_size, gen):
@@ -119,6 +160,10 @@ def _optimise(
         for name, value in row.items():
             curves[name].append(value)
         on_epoch(stage, epoch + 1, cfg.epochs, row)
+        _save_checkpoint(checkpoint, {
+            "tag": tag, "epoch": epoch + 1, "module": module.state_dict(), "opt": opt.state_dict(),
+            "sched": sched.state_dict(), "generator": gen.get_state(), "curves": curves,
+        })
     return curves
 
 
@@ -130,6 +175,8 @@ def fit_head(
     *,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    checkpoint: Path | None = None,
+    tag: str = "",
 ) -> dict[str, list[float]]:
     """Train the linear head on frozen filters. Pool outputs are computed once and cached
     (memory-bounded); sigma^n and the head are trained on the cache."""
@@ -143,6 +190,7 @@ def fit_head(
     return _optimise(
         list(model.head.parameters()), loss_of, len(x), cfg,
         stage="head", seed=seed, on_epoch=on_epoch or _noop, device=x.device,
+        module=model.head, checkpoint=checkpoint, tag=tag,
     )
 
 
@@ -154,6 +202,8 @@ def fit_backprop(
     *,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    checkpoint: Path | None = None,
+    tag: str = "",
 ) -> dict[str, list[float]]:
     """Train conv and head end to end by backpropagation."""
 
@@ -165,4 +215,5 @@ def fit_backprop(
     return _optimise(
         list(model.parameters()), loss_of, len(x), cfg,
         stage="backprop", seed=seed, on_epoch=on_epoch or _noop, device=x.device,
+        module=model, checkpoint=checkpoint, tag=tag,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from hebbrobust import plots
+from hebbrobust.cache import cached_filters, filter_key
 from hebbrobust.config import TrialConfig
 from hebbrobust.data import load_dataset
 from hebbrobust.errors import TrialError
@@ -53,31 +54,64 @@ def build_model(config: TrialConfig, in_shape: tuple[int, int, int], classes: in
         raise TrialError(str(e)) from None
 
 
-def run_trial(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResult:
-    """Train and measure one model. Raises TrialError (with the reason) when it diverges."""
+def run_trial(
+    config: TrialConfig,
+    on_epoch: EpochCallback | None = None,
+    *,
+    filter_cache: Path | None = None,
+    checkpoint_dir: Path | None = None,
+) -> TrialResult:
+    """Train and measure one model. Raises TrialError (with the reason) when it diverges.
+
+    With `filter_cache` (a directory), local filters come from / go to the shared filter cache, so
+    trials that differ only in head settings train their filters once. With `checkpoint_dir`, every
+    training stage saves its state each epoch there, and a rerun of the same config resumes."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = load_dataset(config.data)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     model = build_model(config, data.shape, len(data.classes)).to(device)
+    tag = config.digest()
+
+    def ckpt(stage: str) -> Path | None:
+        return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{stage}.pt"
+
     curves: dict[str, list[float]] = {}
     metrics: dict[str, Any] = {"n_train": len(x_train), "n_test": len(x_test), "device": device.type}
     start = time.perf_counter()
     if config.model.kind == "local":
         f, c, w, _ = model.conv_weight.shape
-        weights = krotov.init_weights(f, c * w * w, seed=config.seed, std=config.rule.init_std).to(device)
-        filter_curves = fit_filters_local(
-            weights, x_train, config.rule, kernel=w, tol=config.converge_tol, seed=config.seed, on_epoch=on_epoch
-        )
+
+        def train_filters() -> tuple[torch.Tensor, dict[str, list[float]]]:
+            weights = krotov.init_weights(f, c * w * w, seed=config.seed, std=config.rule.init_std).to(device)
+            curves = fit_filters_local(
+                weights, x_train, config.rule, kernel=w, tol=config.converge_tol, seed=config.seed,
+                on_epoch=on_epoch, checkpoint=ckpt("filters"), tag=tag,
+            )
+            return weights, curves
+
+        if filter_cache is None:
+            weights, filter_curves = train_filters()
+            metrics["filter_seconds"] = time.perf_counter() - start
+        else:
+            got = cached_filters(filter_cache, filter_key(config, data.shape), train_filters)
+            weights, filter_curves = got.weights, got.curves
+            metrics.update(filters_cache_hit=int(got.hit), filters_cache_key=got.key)
+            metrics["filter_seconds"] = 0.0 if got.hit else got.seconds
+            metrics["filter_seconds_saved"] = got.seconds if got.hit else 0.0
         with torch.no_grad():
             model.conv_weight.copy_(weights.view_as(model.conv_weight))
-        metrics["filter_seconds"] = time.perf_counter() - start
         curves.update({f"filters/{k}": v for k, v in filter_curves.items()})
-        head_curves = fit_head(model, x_train, y_train, config.head, seed=config.seed, on_epoch=on_epoch)
+        head_curves = fit_head(
+            model, x_train, y_train, config.head, seed=config.seed, on_epoch=on_epoch, checkpoint=ckpt("head"), tag=tag
+        )
         curves.update({f"head/{k}": v for k, v in head_curves.items()})
     else:
-        bp_curves = fit_backprop(model, x_train, y_train, config.backprop, seed=config.seed, on_epoch=on_epoch)
+        bp_curves = fit_backprop(
+            model, x_train, y_train, config.backprop, seed=config.seed, on_epoch=on_epoch,
+            checkpoint=ckpt("backprop"), tag=tag,
+        )
         curves.update({f"backprop/{k}": v for k, v in bp_curves.items()})
     metrics["train_seconds"] = time.perf_counter() - start
     model.eval()

@@ -1,0 +1,176 @@
+"""Study reports: the Pareto front (pure, any number of objectives) and its export to CSV/PNG.
+
+`pareto_front` / `pareto_rank` take a DataFrame with one row per trial and a list of
+`(column, "max" | "min")` objectives. A row dominates another when it is at least as good in every
+objective and strictly better in one; equal rows do not dominate each other, so ties share a front.
+Rows with a missing (NaN/None) objective value are never on a front and get no rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+Objectives = Sequence[tuple[str, Literal["max", "min"] | str]]
+
+_CHUNK = 1024  # rows compared at once: keeps the (chunk, n, m) comparison cube small
+
+
+def _oriented(df: pd.DataFrame, objectives: Objectives) -> tuple[np.ndarray, np.ndarray]:
+    """(values to maximise (n, m), rows that have every objective) from `df`."""
+    if not objectives:
+        raise ValueError("pareto: need at least one objective")
+    cols = []
+    for name, mode in objectives:
+        if mode not in ("max", "min"):
+            raise ValueError(f"pareto: mode of {name!r} must be 'max' or 'min', got {mode!r}")
+        if name not in df.columns:
+            raise KeyError(f"pareto: no column {name!r}; columns: {', '.join(map(str, df.columns))}")
+        col = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+        cols.append(col if mode == "max" else -col)
+    values: np.ndarray = np.stack(cols, axis=1) if len(df) else np.zeros((0, len(cols)))
+    valid: np.ndarray = ~np.isnan(values).any(axis=1)
+    return values, valid
+
+
+def _non_dominated(values: np.ndarray) -> np.ndarray:
+    """Mask of the rows of `values` (n, m; maximised, no NaN) that no other row dominates."""
+    n = len(values)
+    keep = np.ones(n, dtype=bool)
+    for start in range(0, n, _CHUNK):
+        block = values[start : start + _CHUNK]  # (c, m)
+        # others[j] dominates block[i]: all(others >= block) and any(others > block)
+        ge = np.all(values[None, :, :] >= block[:, None, :], axis=2)  # (c, n)
+        gt = np.any(values[None, :, :] > block[:, None, :], axis=2)
+        keep[start : start + len(block)] = ~np.any(ge & gt, axis=1)
+    return keep
+
+
+def pareto_front(df: pd.DataFrame, objectives: Objectives) -> pd.Series:
+    """True for the rows of `df` on the Pareto front of `objectives` (bool Series on df.index)."""
+    values, valid = _oriented(df, objectives)
+    mask = np.zeros(len(df), dtype=bool)
+    idx = np.flatnonzero(valid)
+    mask[idx] = _non_dominated(values[idx])
+    return pd.Series(mask, index=df.index, name="on_front")
+
+
+def pareto_rank(df: pd.DataFrame, objectives: Objectives) -> pd.Series:
+    """Non-dominated sorting: 0 for the front, 1 for the front once the front is removed, ...;
+    <NA> for rows with a missing objective (nullable Int64 Series on df.index)."""
+    values, valid = _oriented(df, objectives)
+    rank = np.full(len(df), -1, dtype=np.int64)
+    remaining = np.flatnonzero(valid)
+    level = 0
+    while remaining.size:
+        front = _non_dominated(values[remaining])
+        rank[remaining[front]] = level
+        remaining = remaining[~front]
+        level += 1
+    out = pd.Series(rank, index=df.index, name="pareto_rank").astype("Int64")
+    out[~valid] = pd.NA
+    return out
+
+
+def with_front(trials: pd.DataFrame, objectives: Objectives, *, finished_only: bool = True) -> pd.DataFrame:
+    """`trials` with `on_front` and `pareto_rank` columns. With `finished_only`, only rows whose
+    `status` is FINISHED (when there is a status column) compete for the front."""
+    out = trials.copy()
+    eligible = out
+    if finished_only and "status" in out.columns:
+        eligible = out[out["status"] == "FINISHED"]
+    if any(name not in out.columns for name, _ in objectives):  # nothing reported them yet
+        out["on_front"] = False
+        out["pareto_rank"] = pd.Series(pd.NA, index=out.index, dtype="Int64")
+        return out
+    out["on_front"] = pareto_front(eligible, objectives).reindex(out.index, fill_value=False).astype(bool)
+    out["pareto_rank"] = pareto_rank(eligible, objectives).reindex(out.index).astype("Int64")
+    return out
+
+
+def front_table(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
+    """The rows of `trials` (with `on_front`, see `with_front`) on the front, best first objective first."""
+    if "on_front" not in trials.columns:
+        trials = with_front(trials, objectives)
+    front = trials[trials["on_front"]]
+    name, mode = objectives[0]
+    return front.sort_values(name, ascending=(mode == "min"), kind="stable")
+
+
+def front_figure(
+    trials: pd.DataFrame, objectives: Objectives, *, title: str = "", kind_column: str = "model.kind"
+):
+    """Scatter of the first two objectives (the first against trial order when there is one):
+    every finished trial, local and backprop models coloured apart, the front outlined and joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "on_front" not in trials.columns:
+        trials = with_front(trials, objectives)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    x_name = objectives[1][0] if len(objectives) > 1 else None
+    y_name = objectives[0][0]
+    data = trials.copy()
+    if x_name is None:
+        data["_order"] = np.arange(len(data))
+        x_col = "_order"
+    else:
+        x_col = x_name
+    kinds = (
+        data[kind_column].fillna("?") if kind_column in data.columns else pd.Series("trial", index=data.index)
+    )
+    colours = {"local": "tab:blue", "backprop": "tab:orange"}
+    for kind in sorted(kinds.unique()):
+        part = data[kinds == kind]
+        ax.scatter(
+            pd.to_numeric(part[x_col], errors="coerce"),
+            pd.to_numeric(part[y_name], errors="coerce"),
+            s=28,
+            alpha=0.6,
+            color=colours.get(kind, "tab:gray"),
+            label=str(kind),
+        )
+    front = data[data["on_front"]]
+    if len(front):
+        front = front.sort_values(x_col)
+        ax.scatter(
+            front[x_col], front[y_name], s=90, facecolors="none", edgecolors="black", label="Pareto front"
+        )
+        if x_name is not None:
+            ax.plot(front[x_col], front[y_name], color="black", lw=0.8, alpha=0.6)
+    ax.set_xlabel(x_name or "trial")
+    ax.set_ylabel(y_name)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_front(
+    trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, title: str = ""
+) -> dict[str, Path]:
+    """front.csv (the front), trials.csv (every trial) and front.png under `out_dir`; returns name -> path."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = with_front(trials, objectives) if "on_front" not in trials.columns else trials
+    paths = {
+        "front.csv": out_dir / "front.csv",
+        "trials.csv": out_dir / "trials.csv",
+        "front.png": out_dir / "front.png",
+    }
+    front_table(trials, objectives).to_csv(paths["front.csv"], index=False)
+    trials.to_csv(paths["trials.csv"], index=False)
+    fig = front_figure(trials, objectives, title=title)
+    fig.savefig(paths["front.png"], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,347 @@
+"""The Krotov–Hopfield local learning rule, for conv filters.
+
+D. Krotov and J. J. Hopfield, "Unsupervised learning by competing hidden units",
+PNAS 116(16):7723-7731 (2019). Restated in the design notes (SCIENCE.md §2); symbols as in the paper:
+
+    W (F, N)   synapses, one hidden unit (conv filter) per row, N = C·w·w
+    v (N,)     an input patch scaled to unit p-norm, v = x / ‖x‖_p
+    p          the Lebesgue power of the norm the units live on
+    I_μ        the current of unit μ: I_μ = Σ_i sign(W_μi)|W_μi|^(p-1) v_i
+    g          g_μ = 1 for the top unit, -Δ for the k-th ranked one (k = 1 is the top), 0 else
+    ΔW         = gᵀV - diag(Σ_b g_bμ I_bμ) W  over a batch V (B, N) of patches,
+    W         += η ΔW / max(max|ΔW|, 1e-30)
+
+Since I_bμ = ⟨Wᵖ_μ, v_b⟩ with Wᵖ = sign(W)|W|^(p-1), the decay term is Σ_b g_bμ I_bμ = ⟨Wᵖ_μ, (gᵀV)_μ⟩:
+the fast updates compute it from the Hebbian term once per update instead of per patch.
+
+Two ways to apply it to a minibatch of images (RuleConfig.semantics, see rules/_base.py): `batch`
+(one update from all patches, Krotov's notebook) and `position` (one update per patch position, the
+2023 UiO thesis). `krotov_delta` is the plain dense formula; `update_batch`/`update_positions` compute
+the same update without forming g: g has two non-zeros per patch, so gᵀV is two index_adds.
+
+Finding the top and the k-th unit of every patch is the cost that remains next to the current GEMM.
+torch.topk on CPU sorts each row in scalar code and costs more than the GEMM itself, so on CPU the
+ranking packs each unit's index into the low mantissa bits of its current and runs k+1 vectorised
+max-reductions (exact: rows whose order could have been changed by the packing are re-ranked with
+topk; see `_rank_packed`). On other devices topk is fast and is used directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hebbrobust.config import RuleConfig
+
+NORM_FLOOR = 1e-7  # a patch with ‖x‖_p below this is divided by 1 instead (SCIENCE.md §1)
+DW_FLOOR = 1e-30  # the smallest max|ΔW| an update is divided by (Krotov's `prec`)
+CHUNK = 2048  # patches per current block: (CHUNK, F) float32 stays in the L2 cache for F ≲ 400
+CUDA_CHUNK = 65536  # on a GPU bigger blocks only help
+PACK_MAX_BITS = 12  # pack unit indices into at most 12 of float32's 23 mantissa bits (F ≤ 4096)
+_PATCH_BLOCK = 1 << 22  # unfold this many patch elements at a time in extract_patches
+
+__all__ = [
+    "apply_update",
+    "delta",
+    "extract_patches",
+    "init_weights",
+    "krotov_delta",
+    "lr_at",
+    "normalize_patches",
+    "power_weights",
+    "train_step",
+    "update_batch",
+    "update_positions",
+]
+
+
+# --------------------------------------------------------------------------- weights and patches
+
+
+def init_weights(
+    filters: int, n_inputs: int, *, seed: int, std: float = 1.0, device: torch.device | str = "cpu"
+) -> Tensor:
+    """W (F, N) float32 drawn from N(0, std²) by its own seeded generator (the global RNG is untouched);
+    drawn on the CPU and then moved, so the values do not depend on the device."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(filters, n_inputs, generator=gen, dtype=torch.float32)  # (F, N)
+    return W.mul_(std).to(device)
+
+
+def power_weights(W: Tensor, p: float) -> Tensor:
+    """Wᵖ = sign(W)|W|^(p-1), (F, N): the kernel whose dot product with a patch is the current."""
+    return _power_weights_into(W, p, torch.empty_like(W))
+
+
+def _power_weights_into(W: Tensor, p: float, out: Tensor) -> Tensor:
+    if p == 2:
+        return out.copy_(W)
+    torch.abs(W, out=out)
+    if p == 3:
+        return out.mul_(W)  # |W|·W
+    out.pow_(p - 1)
+    return out.mul_(W.sign())
+
+
+def normalize_patches(v: Tensor, p: float) -> Tensor:
+    """v (..., N) with every row scaled to unit p-norm; rows whose norm is < 1e-7 are divided by 1."""
+    return _normalize_(v.clone(), p)
+
+
+def _normalize_(v: Tensor, p: float) -> Tensor:
+    """In place: v (..., N) rows to unit p-norm (divisor 1 below NORM_FLOOR)."""
+    if p > 8:  # |x|^p under/overflows float32 for ordinary pixel values: scale each row by its max first
+        scale = v.abs().amax(-1, keepdim=True).clamp_min_(torch.finfo(v.dtype).tiny)
+        norm = _abs_pow_sum(v / scale, p).pow_(1.0 / p).mul_(scale)
+    else:
+        norm = _abs_pow_sum(v, p).pow_(1.0 / p)  # (..., 1)
+    norm.masked_fill_(norm < NORM_FLOOR, 1.0)
+    return v.div_(norm)
+
+
+def _abs_pow_sum(v: Tensor, p: float) -> Tensor:
+    """Σ_i |v_i|^p over the last axis, keepdim. Integer p by repeated squaring: vectorised multiplies
+    are several times faster than a general pow on CPU."""
+    a = v.abs()  # a fresh tensor: squared in place below
+    n = int(p)
+    if n != p or not 1 <= n <= 64:
+        return a.pow_(p).sum(-1, keepdim=True)
+    result: Tensor | None = None
+    while n:
+        if n & 1:
+            result = (a if n == 1 else a.clone()) if result is None else result.mul_(a)
+        n >>= 1
+        if n:
+            a.mul_(a)
+    assert result is not None
+    return result.sum(-1, keepdim=True)
+
+
+def extract_patches(images: Tensor, kernel: int, p: float) -> Tensor:
+    """images (B, C, H, W) -> patches (B, P, N), each scaled to unit p-norm.
+
+    Stride 1, no padding: P = (H-w+1)(W-w+1) positions in row-major order, N = C·w·w ordered like
+    F.unfold, i.e. like a conv weight (F, C, w, w).reshape(F, -1). Unfolds a few images at a time so
+    the peak memory is the output plus one block.
+    """
+    B, C, H, Wd = images.shape
+    w = kernel
+    if w > H or w > Wd:
+        raise ValueError(f"kernel {w} is larger than the images ({H}x{Wd})")
+    P, N = (H - w + 1) * (Wd - w + 1), C * w * w
+    patches = torch.empty(B, P, N, dtype=images.dtype, device=images.device)  # (B, P, N)
+    step = max(1, _PATCH_BLOCK // (P * N))
+    for start in range(0, B, step):
+        block = patches[start : start + step]  # (b, P, N)
+        block.copy_(F.unfold(images[start : start + step], w).transpose(1, 2))  # unfold: (b, N, P)
+        _normalize_(block, p)
+    return patches
+
+
+# --------------------------------------------------------------------------- the rule, as written
+
+
+def _check_rank(k: int, filters: int) -> None:
+    if not 2 <= k <= filters:
+        raise ValueError(f"rule.k must be between 2 and the number of filters F={filters}, got {k}")
+
+
+def krotov_delta(weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float) -> Tensor:
+    """ΔW (F, N) of one update from weights W (F, N) and normalised patches V (B, N), computed densely
+    as written: ΔW = gᵀV - diag(Σ_b g_bμ I_bμ) W (SCIENCE.md §2 steps 1-3)."""
+    W, V = weights, patches  # (F, N), (B, N)
+    _check_rank(k, W.shape[0])
+    I = V @ power_weights(W, p).T  # (B, F) currents
+    ranked = I.topk(k, dim=1).indices  # (B, k), best first
+    g = torch.zeros_like(I)  # (B, F)
+    g.scatter_(1, ranked[:, k - 1 : k], -delta)
+    g.scatter_(1, ranked[:, :1], 1.0)
+    return g.T @ V - (g * I).sum(0).unsqueeze(1) * W  # (F, N)
+
+
+def delta(weights: Tensor, patches: Tensor, cfg: RuleConfig) -> Tensor:
+    """The LocalRule entry point: krotov_delta with cfg's p, k and Δ."""
+    return krotov_delta(weights, patches, p=cfg.p, k=cfg.k, delta=cfg.delta)
+
+
+def apply_update(weights: Tensor, dw: Tensor, lr: float, normalize: str = "global") -> None:
+    """In place: W += lr·ΔW / max(max|ΔW|, 1e-30), the max over the whole matrix ("global", Krotov) or
+    over each filter's row ("per_filter"). dw is left unchanged."""
+    _scaled_add_(weights, dw.clone(), lr, normalize)
+
+
+def _scaled_add_(W: Tensor, dW: Tensor, lr: float, normalize: str) -> None:
+    """W += lr·dW/max|dW|, overwriting dW; the max never leaves the device (no host sync)."""
+    if normalize == "global":
+        nc = dW.abs().amax()
+    elif normalize == "per_filter":
+        nc = dW.abs().amax(1, keepdim=True)  # (F, 1)
+    else:
+        raise ValueError(f"rule.normalize must be 'global' or 'per_filter', got {normalize!r}")
+    W.add_(dW.div_(nc.clamp_min_(DW_FLOOR)), alpha=lr)
+
+
+# --------------------------------------------------------------------------- the rule, fast
+
+
+@dataclass
+class _Workspace:
+    """Buffers reused by every update of one update_batch/update_positions call."""
+
+    Wp: Tensor  # (F, N) sign(W)|W|^(p-1)
+    H: Tensor  # (F, N) Hebbian term gᵀV
+    dW: Tensor  # (F, N)
+    I: Tensor  # (chunk, F) currents / packed ranking keys
+    unit_ids: Tensor  # (1, F) int32 0..F-1
+    row_starts: Tensor  # (chunk,) int64 b·F
+    p: float
+    chunk: int
+    packed: bool
+
+    @classmethod
+    def make(cls, W: Tensor, rows: int, p: float) -> _Workspace:
+        F_, N = W.shape
+        on_cpu = W.device.type == "cpu"
+        chunk = min(rows, CHUNK if on_cpu else CUDA_CHUNK)
+        packed = on_cpu and W.dtype == torch.float32 and (F_ - 1).bit_length() <= PACK_MAX_BITS
+        ids = torch.arange(F_, dtype=torch.int32, device=W.device).unsqueeze(0)
+        starts = torch.arange(chunk, device=W.device) * F_
+        e = torch.empty_like
+        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), ids, starts, p, chunk, packed)
+
+
+def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The top and the k-th ranked unit of every row of currents I (c, F): two (c,) int64."""
+    ranked = I.topk(k, dim=1).indices  # (c, k)
+    return ranked[:, 0], ranked[:, k - 1]
+
+
+def _rank_packed(I: Tensor, V: Tensor, Wp: Tensor, k: int, ws: _Workspace) -> tuple[Tensor, Tensor]:
+    """The top and the k-th unit of every row of I (c, F), overwriting I; float32 on CPU.
+
+    Each current's float32 bit pattern keeps its sign, exponent and top mantissa bits; the low
+    `bits` mantissa bits are replaced by the unit's index. Those keys are distinct, ordered like the
+    currents truncated to (23 - bits) mantissa bits, and a key's max names its unit: rank r is the r-th
+    max-reduction after removing ranks 1..r-1 (one scatter each). Truncation is monotone, so a row
+    whose truncated currents t_1 > t_2 and t_(k-1) > t_k > t_(k+1) is ranked exactly as the currents
+    are; the few rows that are not (near-ties, all-zero patches) are re-ranked from exact currents.
+    """
+    c, F_ = I.shape
+    bits = max(1, (F_ - 1).bit_length())
+    low = (1 << bits) - 1
+    keys = I.view(torch.int32)  # (c, F), the same memory
+    keys.bitwise_and_(~low).bitwise_or_(ws.unit_ids)
+    flat = I.view(-1)
+    starts = ws.row_starts[:c]
+    trunc: list[Tensor] = []  # (c,) truncated current of rank r, r = 1..k+1
+    top = kth = starts  # placeholders, set at r = 1 and r = k
+    for r in range(1, k + 2):
+        best = I.amax(1).view(torch.int32)  # (c,) key of rank r
+        trunc.append((best & ~low).view(torch.float32))
+        unit = (best & low).long().clamp_(max=F_ - 1)  # clamp: only non-finite currents decode past F
+        if r == 1:
+            top = unit
+        if r == k:
+            kth = unit
+        if r <= k:
+            flat.index_fill_(0, starts + unit, -math.inf)
+    exact = (trunc[0] > trunc[1]) & (trunc[k - 2] > trunc[k - 1]) & (trunc[k - 1] > trunc[k])
+    redo = (~exact).nonzero().squeeze(1)
+    if redo.numel():
+        Vr = V[redo]  # (r, N)
+        keep = Vr.abs().amax(1) > 0  # an all-zero patch adds nothing to ΔW, whatever its ranking
+        redo, Vr = redo[keep], Vr[keep]
+        if redo.numel():
+            top_r, kth_r = _rank_topk(Vr @ Wp.T, k)
+            top = top.index_copy(0, redo, top_r)
+            kth = kth.index_copy(0, redo, kth_r)
+    return top, kth
+
+
+def _update(W: Tensor, V: Tensor, ws: _Workspace, k: int, delta: float, lr: float, normalize: str) -> None:
+    """One update of W (F, N) from normalised patches V (M, N), M any size, in chunks."""
+    Wp = _power_weights_into(W, ws.p, ws.Wp)  # (F, N)
+    H = ws.H.zero_()  # (F, N) accumulates gᵀV
+    for start in range(0, V.shape[0], ws.chunk):
+        Vc = V[start : start + ws.chunk]  # (c, N)
+        I = torch.mm(Vc, Wp.T, out=ws.I[: Vc.shape[0]])  # (c, F) currents
+        top, kth = _rank_packed(I, Vc, Wp, k, ws) if ws.packed else _rank_topk(I, k)
+        H.index_add_(0, top, Vc)
+        if delta:
+            H.index_add_(0, kth, Vc, alpha=-delta)
+    decay = (Wp * H).sum(1, keepdim=True)  # (F, 1) Σ_b g_bμ I_bμ = ⟨Wᵖ_μ, (gᵀV)_μ⟩
+    dW = torch.sub(H, torch.mul(W, decay, out=ws.dW), out=ws.dW)  # (F, N)
+    _scaled_add_(W, dW, lr, normalize)
+
+
+def _workspace(W: Tensor, rows: int, p: float, k: int, normalize: str) -> _Workspace:
+    _check_rank(k, W.shape[0])
+    if normalize not in ("global", "per_filter"):
+        raise ValueError(f"rule.normalize must be 'global' or 'per_filter', got {normalize!r}")
+    return _Workspace.make(W, max(rows, 1), p)
+
+
+@torch.no_grad()
+def update_batch(
+    weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float, lr: float, normalize: str = "global"
+) -> None:
+    """`batch` semantics: one update of W (F, N), in place, from all normalised patches (M, N).
+
+    Equal to apply_update(W, krotov_delta(W, patches, ...), lr, normalize) up to float rounding."""
+    ws = _workspace(weights, patches.shape[0], p, k, normalize)
+    _update(weights, patches, ws, k, delta, lr, normalize)
+
+
+@torch.no_grad()
+def update_positions(
+    weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float, lr: float, normalize: str = "global"
+) -> None:
+    """`position` semantics (thesis): patches (B, P, N); for each position j in order, one update of
+    W (F, N), in place, from the B patches at j. Sequential by definition; buffers are shared."""
+    ws = _workspace(weights, patches.shape[0], p, k, normalize)
+    for j in range(patches.shape[1]):
+        _update(weights, patches[:, j], ws, k, delta, lr, normalize)  # (B, N), rows strided by P·N
+
+
+def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float) -> None:
+    """Train W (F, N) in place on one minibatch of images (B, C, H, W) at learning rate lr: patches are
+    extracted once, then updated with per cfg.semantics."""
+    F_, N = weights.shape
+    C = images.shape[1]
+    w = math.isqrt(N // C)
+    if C * w * w != N:
+        raise ValueError(f"weights have N={N} inputs, not C·w·w for the images' C={C} channels")
+    patches = extract_patches(images.to(weights.dtype), w, cfg.p)  # (B, P, N)
+    if cfg.semantics == "batch":
+        update_batch(
+            weights, patches.view(-1, N), p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize
+        )
+    else:
+        update_positions(
+            weights, patches, p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize
+        )
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_at(epoch: int, epochs: int, cfg: RuleConfig) -> float:
+    """η at `epoch` (0-based) of `epochs`, u = epoch/epochs: const η0, linear η0(1-u),
+    cosine η0·½(1+cos πu), exp η0·e^(-τu), step η0·γ^⌊epoch/step_size⌋."""
+    u = epoch / epochs if epochs > 0 else 0.0
+    eta0 = cfg.lr
+    if cfg.schedule == "const":
+        return eta0
+    if cfg.schedule == "linear":
+        return eta0 * (1.0 - u)
+    if cfg.schedule == "cosine":
+        return eta0 * 0.5 * (1.0 + math.cos(math.pi * u))
+    if cfg.schedule == "exp":
+        return eta0 * math.exp(-cfg.tau * u)
+    if cfg.schedule == "step":
+        return eta0 * cfg.gamma ** (epoch // cfg.step_size)
+    raise ValueError(f"rule.schedule: unknown schedule {cfg.schedule!r}")

@@ -1,0 +1,638 @@
+"""Run a study: Ray Tune schedules the trials, Optuna (multi-objective) picks their parameters,
+MLflow records them. `run_study` starts one, `resume_study` continues an interrupted one,
+`list_studies` / `show_study` read them back.
+
+A study directory (`<storage>/<name>/`, every path in it absolute) holds:
+    study.json   where everything is: MLflow URI, experiment, parent run, Optuna storage, Tune state
+    spec.yaml    the spec as run (paths absolute), so resume and report need nothing else
+    optuna.db    the Optuna RDB study (optuna-dashboard sqlite:///<dir>/optuna.db)
+    tune/        Ray Tune's experiment state (Tuner.restore)
+    trials/<id>/ each trial's metrics.json, filters.png, robustness.png, model.pt (seed<i>/ per seed)
+    front.csv, front.png, trials.csv   written when the study ends (also on the MLflow parent run)
+
+Choices that avoid the traps in PLATFORM.md: OptunaSearch gets the metric/mode lists and TuneConfig
+gets neither (else the study silently turns single-objective); FIFO scheduling (early stopping
+would put partial values on the front); the GPU request follows `ray.cluster_resources()`; the
+progress callback holds no renderer (Tune pickles callbacks into its state), only the study
+directory under which the driver registered its `on_progress` function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from ray import tune
+
+from hebbrobust import report, tracking
+from hebbrobust.config import StudySpec, load_study
+from hebbrobust.errors import HebbrobustError
+from hebbrobust.study.space import absolute_paths, make_sampler, num_samples, optuna_space
+from hebbrobust.study.trainable import TrialContext, run_study_trial
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.json"
+SPEC_FILE = "spec.yaml"
+OPTUNA_FILE = "optuna.db"
+TUNE_DIR = "tune"
+DEFAULT_STORAGE = "hebbrobust-studies"
+OBJECT_STORE_BYTES = 200 * 1024**2
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """What the progress bar shows; sent to `on_progress` whenever a count or a best value changes."""
+
+    name: str
+    total: int  # trials the study will run
+    done: int  # finished and reported (Tune TERMINATED)
+    running: int
+    pending: int
+    failed: int  # errored (after retries)
+    best: dict[str, float | None]  # objective -> best value among finished trials
+    elapsed_s: float
+
+
+ProgressFn = Callable[[StudyProgress], None]
+
+
+@dataclass
+class StudyOutcome:
+    """A study's state after `run_study` / `resume_study` / `show_study`."""
+
+    name: str
+    study_dir: Path
+    spec: StudySpec
+    objectives: list[tuple[str, str]]  # (metric, "max" | "min")
+    tracking_uri: str  # absolute MLflow URI
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    optuna_storage: str  # sqlite URL of the Optuna study (optuna-dashboard reads it)
+    trials: pd.DataFrame  # one row per MLflow child run: run_id, trial_id, status, reason, params, metrics,
+    #                       on_front, pareto_rank
+    front: pd.DataFrame  # the finished trials on the front, best first objective first
+    counts: dict[str, int]  # total, finished, failed, unfinished (never run or cut off), runs (MLflow)
+    files: dict[str, Path] = field(default_factory=dict)  # spec.yaml, front.csv, front.png, trials.csv
+    wall_seconds: float | None = None  # this run/resume call, Ray start-up included
+    interrupted: bool = False  # Tune stopped before every trial ended: `study resume` continues
+
+    @property
+    def mlflow_ui_command(self) -> str:
+        """The command that shows this study in the MLflow UI."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"open {self.tracking_uri}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    @property
+    def front_columns(self) -> list[str]:
+        """Columns worth a front table: trial, model kind, objectives, searched params, key metrics."""
+        cols = ["trial_id", "model.kind"] + [m for m, _ in self.objectives]
+        cols += [k for k in self.spec.space if k not in cols]
+        cols += [c for c in ("clean_acc", "unconverged_frac", "train_seconds") if c not in cols]
+        return [c for c in cols if c in self.front.columns]
+
+
+# --------------------------------------------------------------------------- progress
+
+_SINKS: dict[str, ProgressFn] = {}  # study dir -> on_progress, in the driver process only
+
+
+class ProgressCallback(tune.Callback):
+    """Counts trials and tracks the best objective values; holds only plain data (it is pickled
+    into Tune's state) and finds the driver's `on_progress` through the study directory."""
+
+    def __init__(self, study_dir: str, name: str, total: int, objectives: list[tuple[str, str]]) -> None:
+        self.study_dir, self.name, self.total, self.objectives = study_dir, name, total, objectives
+        self._start = time.time()
+        self._last: tuple[Any, ...] | None = None
+
+    def setup(
+        self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any
+    ) -> None:
+        self._start = time.time()
+        self._last = None
+
+    def snapshot(self, trials: list[Any]) -> StudyProgress:
+        states = [t.status for t in trials]
+        best: dict[str, float | None] = {}
+        for metric, mode in self.objectives:
+            values = [
+                float(t.last_result[metric])
+                for t in trials
+                if t.status == "TERMINATED" and isinstance(t.last_result.get(metric), int | float)
+            ]
+            best[metric] = (max(values) if mode == "max" else min(values)) if values else None
+        known = len(trials)
+        return StudyProgress(
+            name=self.name,
+            total=self.total,
+            done=states.count("TERMINATED"),
+            running=states.count("RUNNING"),
+            pending=states.count("PENDING") + states.count("PAUSED") + max(0, self.total - known),
+            failed=states.count("ERROR"),
+            best=best,
+            elapsed_s=time.time() - self._start,
+        )
+
+    def _emit(self, trials: list[Any]) -> None:
+        sink = _SINKS.get(self.study_dir)
+        if sink is None:
+            return
+        progress = self.snapshot(trials)
+        key = (
+            progress.done,
+            progress.running,
+            progress.pending,
+            progress.failed,
+            tuple(progress.best.items()),
+        )
+        if key == self._last:
+            return
+        self._last = key
+        try:
+            sink(progress)
+        except Exception:  # a broken renderer must not stop the study
+            log.exception("on_progress failed; progress reports stop")
+            _SINKS.pop(self.study_dir, None)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self._emit(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._emit(trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._emit(trials)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._emit(trials)
+
+
+# --------------------------------------------------------------------------- ray
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[dict[str, float]]:
+    """Joins the Ray cluster at `address` (or $RAY_ADDRESS), or starts a local Ray sized to this
+    machine (all its CPUs, a 200 MiB object store, no dashboard). Yields the cluster's resources.
+    A Ray this call started is shut down at the end; one already running is left alone."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        addr = address or os.environ.get("RAY_ADDRESS")
+        try:
+            if addr:
+                ray.init(address=addr, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                ray.init(
+                    num_cpus=os.cpu_count() or 1,
+                    object_store_memory=OBJECT_STORE_BYTES,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {addr}" if addr else "a local Ray"
+            raise HebbrobustError(
+                f"cannot start or join {where}: {str(e).splitlines()[0] if str(e) else e}"
+            ) from None
+        started = True
+    try:
+        yield dict(ray.cluster_resources())
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def trial_resources(spec: StudySpec, cluster: Mapping[str, float]) -> dict[str, float]:
+    """CPUs and GPUs per trial. gpu auto: 1 when the cluster has a GPU, else 0; a GPU request on a
+    cluster without GPUs is an error (Tune would leave the trials pending forever)."""
+    cpus_avail = float(cluster.get("CPU", 0))
+    gpus_avail = float(cluster.get("GPU", 0))
+    cpu = float(spec.resources.cpu)
+    if cpus_avail and cpu > cpus_avail:
+        raise HebbrobustError(
+            f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cpus_avail:g}"
+        )
+    want = spec.resources.gpu
+    if want == "auto":
+        gpu = 1.0 if gpus_avail >= 1 else 0.0
+    else:
+        gpu = float(want)
+        if gpu > gpus_avail:
+            raise HebbrobustError(
+                f"resources.gpu: each trial asks for {gpu:g} GPUs but the Ray cluster has {gpus_avail:g} "
+                "(use gpu: auto)"
+            )
+    return {"cpu": cpu, "gpu": gpu}
+
+
+@contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune's console output off while a study runs (the caller renders `on_progress`): its new
+    output engine prints tables even at verbose=0, the legacy one with verbose=0 prints nothing.
+    Trial failures still reach the `ray.tune` logger, and MLflow has their tracebacks."""
+    import optuna
+
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    optuna_level = optuna.logging.get_verbosity()
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(optuna_level)
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
+
+
+def _trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+# --------------------------------------------------------------------------- study directory
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _read_meta(study_dir: Path) -> dict[str, Any]:
+    path = study_dir / STUDY_FILE
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HebbrobustError(f"{study_dir}: not a study directory (no {STUDY_FILE})") from None
+    except (OSError, ValueError) as e:
+        raise HebbrobustError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
+    return meta
+
+
+def _storage_root(storage: Path | str | None, spec: StudySpec | None = None) -> Path:
+    root = (
+        Path(storage)
+        if storage is not None
+        else (spec.storage if spec and spec.storage else Path(DEFAULT_STORAGE))
+    )
+    return root.expanduser().resolve()
+
+
+def find_study_dir(name_or_dir: str | Path, storage: Path | str | None = None) -> Path:
+    """A study directory given itself or the study's name (looked up under `storage`)."""
+    candidate = Path(name_or_dir).expanduser()
+    if (candidate / STUDY_FILE).exists():
+        return candidate.resolve()
+    by_name = _storage_root(storage) / str(name_or_dir)
+    if (by_name / STUDY_FILE).exists():
+        return by_name
+    raise HebbrobustError(
+        f"no study {str(name_or_dir)!r}: neither a study directory nor a study under {by_name.parent}"
+    )
+
+
+def _objectives(spec: StudySpec) -> list[tuple[str, str]]:
+    return [(o.metric, o.mode) for o in spec.objectives]
+
+
+def _context(spec: StudySpec, study_dir: Path, target: tracking.TrackingTarget, parent: str) -> TrialContext:
+    return TrialContext(
+        spec=spec, study_dir=str(study_dir), tracking=target, parent_run_id=parent, cpus=spec.resources.cpu
+    )
+
+
+def _trainable(ctx: TrialContext, resources: dict[str, float]) -> Any:
+    return tune.with_resources(tune.with_parameters(run_study_trial, ctx=ctx), resources)
+
+
+# --------------------------------------------------------------------------- run / resume
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    spec_path: Path | str | None = None,
+    address: str | None = None,
+    storage: Path | str | None = None,
+    tracking_uri: str | None = None,
+    on_progress: ProgressFn | None = None,
+) -> StudyOutcome:
+    """Run the study `spec` to the end (or until interrupted) and return its outcome.
+
+    `storage` (else spec.storage, else ./hebbrobust-studies) holds the study directory
+    `<storage>/<spec.name>`; it must not hold that study already (`resume_study` continues one).
+    `tracking_uri` (else spec.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db) is the
+    MLflow store; `address` (else $RAY_ADDRESS) a Ray cluster to join instead of a local Ray."""
+    started = time.monotonic()
+    spec = absolute_paths(spec)
+    root = _storage_root(storage, spec)
+    study_dir = root / spec.name
+    if (study_dir / STUDY_FILE).exists():
+        raise HebbrobustError(
+            f"{study_dir} already holds study {spec.name!r}: `hebbrobust study resume {study_dir}` "
+            "continues it; a new name (--set name=...) or --storage starts another"
+        )
+    uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    experiment = spec.experiment or spec.name
+    spec = spec.model_copy(update={"storage": root, "tracking_uri": uri, "experiment": experiment})
+    objectives = _objectives(spec)
+    space = optuna_space(spec, spec_path)  # spec problems surface before anything starts
+    make_sampler(spec, spec_path)
+
+    with ray_session(address) as cluster:
+        resources = trial_resources(spec, cluster)  # before anything is written
+        study_dir.mkdir(parents=True, exist_ok=True)
+        spec_file = study_dir / SPEC_FILE
+        spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        target = tracking.ensure_experiment(uri, experiment)
+        parent = tracking.start_parent_run(
+            target,
+            spec.name,
+            params={
+                "num_trials": num_samples(spec),
+                "max_concurrent": spec.max_concurrent,
+                "seeds": spec.seeds,
+                "sampler": spec.sampler.name,
+                "sampler.seed": spec.sampler.seed,
+                "objectives": [f"{m}:{mode}" for m, mode in objectives],
+                "space": list(spec.space),
+            },
+            tags={
+                "hebbrobust.study_dir": str(study_dir),
+                "hebbrobust.spec_source": str(Path(spec_path).resolve()) if spec_path else "",
+                "hebbrobust.space": json.dumps(spec.model_dump(mode="json")["space"])[:8000],
+            },
+            artifacts={"spec.yaml": spec_file},
+        )
+        meta: dict[str, Any] = {
+            "name": spec.name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "spec_source": str(Path(spec_path).resolve()) if spec_path else None,
+            "tracking_uri": uri,
+            "experiment": experiment,
+            "experiment_id": target.experiment_id,
+            "parent_run_id": parent,
+            "optuna_storage": f"sqlite:///{study_dir / OPTUNA_FILE}",
+            "tune_path": str(study_dir / TUNE_DIR),
+            "num_trials": num_samples(spec),
+        }
+        _write_json(study_dir / STUDY_FILE, meta)
+
+        from optuna.storages import RDBStorage
+        from ray.tune.schedulers import FIFOScheduler
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        def new_tuner(trainable: Any, callback: ProgressCallback) -> Any:
+            searcher = OptunaSearch(
+                space=space,
+                metric=[m for m, _ in objectives],
+                mode=[mode for _, mode in objectives],
+                sampler=make_sampler(spec, spec_path),
+                study_name=spec.name,
+                storage=RDBStorage(meta["optuna_storage"]),
+            )
+            return tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(  # no metric/mode here: they would make it single-objective
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
+                    scheduler=FIFOScheduler(),
+                    num_samples=num_samples(spec),
+                    reuse_actors=True,  # a trial's worker keeps torch/mlflow imported for the next
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(study_dir),
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    callbacks=[callback],
+                    verbose=0,
+                ),
+            )
+
+        return _fit(spec, study_dir, meta, target, resources, on_progress, started, new_tuner)
+
+
+def resume_study(
+    study_dir: Path | str, *, address: str | None = None, on_progress: ProgressFn | None = None
+) -> StudyOutcome:
+    """Continue an interrupted study from its directory (Tuner.restore): finished trials stay,
+    unfinished ones run again (their stale MLflow runs are closed KILLED first), errored ones stay
+    failed. Works on a finished study too (nothing to run; the front is recomputed)."""
+    started = time.monotonic()
+    study_dir = Path(study_dir).expanduser().resolve()
+    meta = _read_meta(study_dir)
+    spec = load_study(study_dir / SPEC_FILE)
+    target = tracking.TrackingTarget(meta["tracking_uri"], meta["experiment"], meta["experiment_id"])
+    tune_path = Path(meta["tune_path"])
+    if not tune.Tuner.can_restore(str(tune_path)):
+        raise HebbrobustError(
+            f"{tune_path}: no Ray Tune state to resume (the study stopped before Tune saved any); "
+            f"remove {study_dir} and run the study again"
+        )
+    tracking.close_stale_runs(
+        target, meta["parent_run_id"], status="KILLED", reason="the study driver stopped"
+    )
+
+    def restore(trainable: Any, callback: Any) -> Any:
+        try:
+            return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
+        except (EOFError, pickle.UnpicklingError) as e:
+            raise HebbrobustError(
+                f"{tune_path}: Ray Tune's saved state is truncated ({e.__class__.__name__}; the driver "
+                f"was probably killed while writing it): the finished trials stay in MLflow and "
+                f"{meta['optuna_storage']}; remove {tune_path} and start a new study to go on"
+            ) from None
+
+    with ray_session(address) as cluster:
+        resources = trial_resources(spec, cluster)
+        tracking.set_run_status(target, meta["parent_run_id"], "RUNNING")
+        return _fit(spec, study_dir, meta, target, resources, on_progress, started, restore)
+
+
+def _fit(
+    spec: StudySpec,
+    study_dir: Path,
+    meta: dict[str, Any],
+    target: tracking.TrackingTarget,
+    resources: dict[str, float],
+    on_progress: ProgressFn | None,
+    started: float,
+    make_tuner: Callable[[Any, ProgressCallback], Any],
+) -> StudyOutcome:
+    """Builds the Tuner (new or restored), runs it inside the caller's Ray session, then reads the
+    trials back from MLflow, logs the front to the parent run and closes it."""
+    parent = meta["parent_run_id"]
+    total = int(meta["num_trials"])
+    callback = ProgressCallback(str(study_dir), spec.name, total, _objectives(spec))
+    if on_progress is not None:
+        _SINKS[str(study_dir)] = on_progress
+    try:
+        tuner = make_tuner(_trainable(_context(spec, study_dir, target, parent), resources), callback)
+        with _quiet_tune():
+            grid = tuner.fit()
+        ended = grid.num_terminated + grid.num_errors
+    except KeyboardInterrupt:
+        tracking.set_run_status(target, parent, "KILLED")
+        raise
+    except BaseException:
+        tracking.set_run_status(target, parent, "FAILED")
+        raise
+    finally:
+        _SINKS.pop(str(study_dir), None)
+    interrupted = ended < total
+    outcome = _outcome(spec, study_dir, meta, target)
+    summary = {
+        "trials_finished": outcome.counts["finished"],
+        "trials_failed": outcome.counts["failed"],
+        "front_size": len(outcome.front),
+    }
+    tracking.log_front(target, parent, {k: v for k, v in outcome.files.items() if k != "spec.yaml"}, summary)
+    tracking.set_run_status(target, parent, "KILLED" if interrupted else "FINISHED")
+    outcome.wall_seconds = time.monotonic() - started
+    outcome.interrupted = interrupted
+    return outcome
+
+
+def _outcome(
+    spec: StudySpec, study_dir: Path, meta: dict[str, Any], target: tracking.TrackingTarget
+) -> StudyOutcome:
+    """Reads the study's trials back from MLflow, computes the front and writes front.csv/png."""
+    objectives = _objectives(spec)
+    trials = tracking.read_trials(target, meta["parent_run_id"])
+    if trials.empty:
+        trials = pd.DataFrame(columns=["run_id", "trial_id", "status", "reason", "model.kind"])
+    trials = report.with_front(trials, objectives)
+    first = ["trial_id", "model.kind", *[m for m, _ in objectives], *spec.space, "on_front", "pareto_rank", "status"]
+    first = list(dict.fromkeys(c for c in first if c in trials.columns))
+    trials = trials[first + [c for c in trials.columns if c not in first]]
+    latest = (
+        trials.drop_duplicates("trial_id", keep="last") if len(trials) else trials
+    )  # retries: last attempt
+    total = int(meta["num_trials"])
+    finished = int((latest["status"] == "FINISHED").sum())
+    failed = int((latest["status"] == "FAILED").sum())
+    counts = {
+        "total": total,
+        "finished": finished,
+        "failed": failed,
+        "unfinished": max(0, total - finished - failed),
+        "runs": len(trials),
+    }
+    files = report.write_front(
+        trials, objectives, study_dir, title=f"{spec.name}: {finished} finished trials"
+    )
+    files["spec.yaml"] = study_dir / SPEC_FILE
+    return StudyOutcome(
+        name=spec.name,
+        study_dir=study_dir,
+        spec=spec,
+        objectives=objectives,
+        tracking_uri=target.uri,
+        experiment=target.experiment,
+        experiment_id=target.experiment_id,
+        parent_run_id=meta["parent_run_id"],
+        optuna_storage=meta["optuna_storage"],
+        trials=trials,
+        front=report.front_table(trials, objectives),
+        counts=counts,
+        files=files,
+    )
+
+
+# --------------------------------------------------------------------------- reading studies
+
+
+def show_study(name_or_dir: str | Path, *, storage: Path | str | None = None) -> StudyOutcome:
+    """A study's trials and front, read back from MLflow (front.csv/png rewritten in its directory)."""
+    study_dir = find_study_dir(name_or_dir, storage)
+    meta = _read_meta(study_dir)
+    spec = load_study(study_dir / SPEC_FILE)
+    target = tracking.TrackingTarget(meta["tracking_uri"], meta["experiment"], meta["experiment_id"])
+    return _outcome(spec, study_dir, meta, target)
+
+
+def optuna_counts(storage_url: str, study_name: str) -> dict[str, int]:
+    """Trials per state (COMPLETE, FAIL, RUNNING, ...) in an Optuna RDB study; {} if it has none."""
+    import optuna
+
+    path = Path(storage_url.removeprefix("sqlite:///"))
+    if storage_url.startswith("sqlite:///") and not path.exists():
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:
+        return {}
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def list_studies(storage: Path | str | None = None) -> pd.DataFrame:
+    """One row per study under `storage` (default ./hebbrobust-studies): name, directory, creation
+    time, planned trials, Optuna's COMPLETE / FAIL / RUNNING counts, sampler, objectives, MLflow."""
+    root = _storage_root(storage)
+    rows: list[dict[str, Any]] = []
+    for meta_file in sorted(root.glob(f"*/{STUDY_FILE}")) if root.exists() else []:
+        study_dir = meta_file.parent
+        try:
+            meta = _read_meta(study_dir)
+            spec = load_study(study_dir / SPEC_FILE)
+        except HebbrobustError as e:
+            rows.append({"name": study_dir.name, "study_dir": str(study_dir), "error": str(e)})
+            continue
+        counts = optuna_counts(meta["optuna_storage"], meta["name"])
+        rows.append(
+            {
+                "name": meta["name"],
+                "study_dir": str(study_dir),
+                "created": meta.get("created"),
+                "num_trials": meta.get("num_trials"),
+                "complete": counts.get("COMPLETE", 0),
+                "failed": counts.get("FAIL", 0),
+                "running": counts.get("RUNNING", 0),
+                "sampler": spec.sampler.name,
+                "objectives": ", ".join(f"{m} ({mode})" for m, mode in _objectives(spec)),
+                "tracking_uri": meta["tracking_uri"],
+                "experiment": meta["experiment"],
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "name",
+            "study_dir",
+            "created",
+            "num_trials",
+            "complete",
+            "failed",
+            "running",
+            "sampler",
+            "objectives",
+            "tracking_uri",
+            "experiment",
+        ]
+        + (["error"] if any("error" in r for r in rows) else []),
+    )

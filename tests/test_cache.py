@@ -1,0 +1,113 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hebbrobust.cache import cached_filters, clear, filter_key, key_hash, list_entries
+from hebbrobust.config import TrialConfig, with_params
+from hebbrobust.trial import run_trial
+
+SHAPE = (1, 8, 8)
+
+
+def _trainer(calls: list[int], value: float = 1.0):  # type: ignore[no-untyped-def]
+    def train() -> tuple[torch.Tensor, dict[str, list[float]]]:
+        calls.append(1)
+        return torch.full((4, 9), value), {"unconverged_frac": [0.5, 0.25]}
+
+    return train
+
+
+def test_key_covers_filter_settings_not_head_settings() -> None:
+    base = TrialConfig()
+    k = key_hash(filter_key(base, SHAPE))
+    for head_only in ({"model.power": 4}, {"model.activation": "gelu"}, {"model.pool": 3}, {"head.lr": 0.1}):
+        assert key_hash(filter_key(with_params(base, head_only), SHAPE)) == k, head_only
+    for filt in ({"rule.p": 4}, {"rule.k": 3}, {"rule.delta": 0.1}, {"model.filters": 32}, {"model.kernel": 4},
+                 {"rule.epochs": 3}, {"seed": 1}, {"data.train_size": 100}, {"rule.semantics": "position"}):
+        assert key_hash(filter_key(with_params(base, filt), SHAPE)) != k, filt
+
+
+def test_miss_then_hit(tmp_path: Path) -> None:
+    calls: list[int] = []
+    content = filter_key(TrialConfig(), SHAPE)
+    first = cached_filters(tmp_path, content, _trainer(calls))
+    second = cached_filters(tmp_path, content, _trainer(calls, 2.0))
+    assert (first.hit, second.hit) == (False, True) and len(calls) == 1
+    assert torch.equal(first.weights, second.weights) and second.curves == first.curves
+    entry = tmp_path / first.key
+    assert json.loads((entry / "key.json").read_text())["filters"] == TrialConfig().model.filters
+    rows = list_entries(tmp_path)
+    assert len(rows) == 1 and rows[0]["key"] == first.key and rows[0]["bytes"] > 0
+    assert clear(tmp_path, older_than_s=3600) == 0 and clear(tmp_path) == 1 and list_entries(tmp_path) == []
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, time, torch
+    import hebbrobust.cache as cache
+    from hebbrobust.config import TrialConfig
+    root, mode = sys.argv[1], sys.argv[2]
+    real_save = torch.save
+    def slow_save(obj, path):
+        real_save(obj, path)
+        print("writing", flush=True)
+        time.sleep(60 if mode == "hang" else 0.5)
+    cache.torch.save = slow_save
+    def train():
+        time.sleep(1.0 if mode == "slow" else 0)
+        return torch.ones(4, 9), {}
+    out = cache.cached_filters(root, cache.filter_key(TrialConfig(), (1, 8, 8)), train)
+    print("hit" if out.hit else "miss", flush=True)
+    """
+)
+
+
+def _writer(root: Path, mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(root), mode], stdout=subprocess.PIPE, text=True)
+
+
+def test_concurrent_trials_train_once(tmp_path: Path) -> None:
+    procs = [_writer(tmp_path, "slow") for _ in range(3)]
+    outs = [p.communicate(timeout=120)[0].split()[-1] for p in procs]
+    assert sorted(outs) == ["hit", "hit", "miss"]
+
+
+def test_killed_writer_leaves_cache_consistent(tmp_path: Path) -> None:
+    proc = _writer(tmp_path, "hang")
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)  # killed mid-write: weights.pt written, meta.json not
+    proc.wait(timeout=30)
+    assert list_entries(tmp_path) == []  # nothing half-written is visible
+    start = time.perf_counter()
+    calls: list[int] = []
+    got = cached_filters(tmp_path, filter_key(TrialConfig(), SHAPE), _trainer(calls))
+    assert not got.hit and len(calls) == 1 and time.perf_counter() - start < 30  # lock was released
+    assert len(list_entries(tmp_path)) == 1
+    assert cached_filters(tmp_path, filter_key(TrialConfig(), SHAPE), _trainer(calls)).hit
+    assert clear(tmp_path) >= 1  # also removes the killed writer's leftover
+    assert not any(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_cached_trial_equals_uncached(tmp_path: Path) -> None:
+    cfg = TrialConfig.model_validate({
+        "data": {"name": "digits", "train_size": 200, "test_size": 50},
+        "model": {"filters": 8, "kernel": 3}, "rule": {"epochs": 2, "batch_size": 50},
+        "head": {"epochs": 2, "batch_size": 100}, "attack": {"enabled": False},
+    })
+    plain = run_trial(cfg)
+    miss = run_trial(cfg, filter_cache=tmp_path)
+    hit = run_trial(with_params(cfg, {"model.power": 2}), filter_cache=tmp_path)
+    assert miss.metrics["filters_cache_hit"] == 0 and hit.metrics["filters_cache_hit"] == 1
+    assert plain.filters is not None and hit.filters is not None and miss.filters is not None
+    assert torch.equal(plain.filters, miss.filters) and torch.equal(plain.filters, hit.filters)
+    assert hit.metrics["filter_seconds_saved"] > 0
+    assert miss.metrics["clean_acc"] == plain.metrics["clean_acc"]
