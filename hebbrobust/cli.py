@@ -73,6 +73,8 @@ class EpochBar:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
         shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "lr")
         self.progress.update(self.tasks[stage], completed=epoch, description=f"{stage:8s} {shown}")
+        if not self.progress.console.is_terminal:  # logs: one plain line per epoch
+            self.progress.console.print(f"{stage} {epoch}/{total} {shown}", highlight=False)
 
 
 def _progress() -> Progress:

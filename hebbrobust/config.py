@@ -318,6 +318,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], path: Path | str
     return out
 
 
+def _absolute_data_path(trial: dict[str, Any]) -> dict[str, Any]:
+    """Relative data paths are taken from the working directory and made absolute (trials run elsewhere)."""
+    data = trial.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and not Path(data["path"]).is_absolute():
+        data["path"] = str(Path(data["path"]).expanduser().absolute())
+    return trial
+
+
 def load_trial(path: Path, overrides: list[str] | None = None) -> TrialConfig:
     """The base trial of a spec file, with `--set` overrides relative to the base."""
     data = read_yaml(path)
@@ -325,7 +333,7 @@ def load_trial(path: Path, overrides: list[str] | None = None) -> TrialConfig:
     if not isinstance(base, dict):
         raise SpecError(path, "base", "must be a mapping", type(base).__name__)
     sets = [o.removeprefix("base.") for o in overrides or []]
-    base = apply_overrides(base, sets, path)
+    base = _absolute_data_path(apply_overrides(base, sets, path))
     try:
         return TrialConfig.model_validate(base)
     except ValidationError as e:
@@ -356,6 +364,8 @@ def load_study(path: Path, overrides: list[str] | None = None) -> StudySpec:
     """A study spec with `--set` overrides relative to the spec root, fully checked:
     every space key names a trial setting, and every end of every range gives a valid trial."""
     data = apply_overrides(read_yaml(path), overrides or [], path)
+    if isinstance(data.get("base"), dict):
+        _absolute_data_path(data["base"])
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as e:

@@ -191,7 +191,7 @@ def split_metrics(
                 out.append(Metric(safe, float(value), ts, step))
             else:
                 tags.append(_tag(NONE_TAG_PREFIX + safe, f"not finite: {value}"))
-        elif value is None:
+        elif value is None and not raw.endswith("_reason"):  # a None reason: nothing to explain
             tags.append(_tag(NONE_TAG_PREFIX + safe, _none_reason(metrics, raw)))
         elif isinstance(value, str):
             tags.append(_tag(TEXT_TAG_PREFIX + safe, value))

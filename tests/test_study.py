@@ -324,6 +324,8 @@ def test_trial_runs_nest_under_the_parent_and_read_back(
             "pgd_R": None,
             "pgd_R_reason": "fit R2 0.5 < 0.95",
             "pgd_eps50": None,
+            "fgsm_R": 0.01,
+            "fgsm_R_reason": None,
             "mask_ok": True,
             "device": "cpu",
         }
@@ -358,6 +360,7 @@ def test_trial_runs_nest_under_the_parent_and_read_back(
     assert run.data.tags[tracking.PARENT_TAG] == parent
     assert run.data.tags["hebbrobust.none.pgd_R"] == "fit R2 0.5 < 0.95"
     assert run.data.tags["hebbrobust.none.pgd_eps50"] == "pgd_R_reason: fit R2 0.5 < 0.95"
+    assert "hebbrobust.none.fgsm_R_reason" not in run.data.tags
     assert run.data.tags["hebbrobust.text.device"] == "cpu"
     assert json.loads(run.data.tags[tracking.NAMES_TAG]) == {"pgd_acc_eps2": "pgd_acc@2"}
     assert run.data.params["attack.eps"] == "[1.0, 2.0]"

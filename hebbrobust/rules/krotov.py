@@ -41,7 +41,8 @@ NORM_FLOOR = 1e-7  # a patch with ‖x‖_p below this is divided by 1 instead (
 DW_FLOOR = 1e-30  # the smallest max|ΔW| an update is divided by (Krotov's `prec`)
 CHUNK = 2048  # patches per current block: (CHUNK, F) float32 stays in the L2 cache for F ≲ 400
 CUDA_CHUNK = 65536  # on a GPU bigger blocks only help
-PACK_MAX_BITS = 12  # pack unit indices into at most 12 of float32's 23 mantissa bits (F ≤ 4096)
+PACK_MAX_BITS = 12  # ranking keys give at most 12 of float32's 23 mantissa bits to an id
+GROUP_SHIFT = 0
 _PATCH_BLOCK = 1 << 22  # unfold this many patch elements at a time in extract_patches
 
 __all__ = [
@@ -190,28 +191,61 @@ def _scaled_add_(W: Tensor, dW: Tensor, lr: float, normalize: str) -> None:
 
 @dataclass
 class _Workspace:
-    """Buffers reused by every update of one update_batch/update_positions call."""
+    """Buffers and ranking plan shared by every update of one update_batch/update_positions call."""
 
     Wp: Tensor  # (F, N) sign(W)|W|^(p-1)
     H: Tensor  # (F, N) Hebbian term gᵀV
     dW: Tensor  # (F, N)
-    I: Tensor  # (chunk, F) currents / packed ranking keys
-    unit_ids: Tensor  # (1, F) int32 0..F-1
-    row_starts: Tensor  # (chunk,) int64 b·F
     p: float
-    chunk: int
-    packed: bool
+    k: int
+    chunk: int  # patches per current block
+    grouped: bool  # rank with _rank_grouped (CPU float32) rather than topk
+    s: int  # units per group
+    groups: int  # G = ceil(F/s)
+    IT: Tensor  # (G·s, chunk) transposed currents; rows F.. are -FLT_MAX padding
+    group_ids: Tensor  # (G, 1) int32
+    slot_ids: Tensor  # ((k+1)·s, 1) int32
+    slot_offsets: Tensor  # (1, s, chunk) int64: unit-in-group·chunk + column
+    cols: Tensor  # (chunk,) int64
 
     @classmethod
-    def make(cls, W: Tensor, rows: int, p: float) -> _Workspace:
+    def make(cls, W: Tensor, rows: int, p: float, k: int) -> _Workspace:
         F_, N = W.shape
         on_cpu = W.device.type == "cpu"
         chunk = min(rows, CHUNK if on_cpu else CUDA_CHUNK)
-        packed = on_cpu and W.dtype == torch.float32 and (F_ - 1).bit_length() <= PACK_MAX_BITS
-        ids = torch.arange(F_, dtype=torch.int32, device=W.device).unsqueeze(0)
-        starts = torch.arange(chunk, device=W.device) * F_
+        # groups of s = 2^j units, s ≈ sqrt(F/(k+1)) balances the group pass against the candidates;
+        # at least k+2 groups
+        s = 1 << max(0, round(math.log2(max(1.0, math.sqrt(F_ / (k + 1))))) + GROUP_SHIFT)
+        while s > 1 and -(-F_ // s) < k + 2:
+            s //= 2
+        G = -(-F_ // s)
+        grouped = (
+            on_cpu
+            and W.dtype == torch.float32
+            and F_ >= k + 2
+            and max((G - 1).bit_length(), ((k + 1) * s - 1).bit_length()) <= PACK_MAX_BITS
+        )
+        dev = W.device
+        IT = _padded_currents(F_, G * s, chunk if grouped else 0, W)
+        group_ids = torch.arange(G, dtype=torch.int32, device=dev).unsqueeze(1)
+        slot_ids = torch.arange((k + 1) * s, dtype=torch.int32, device=dev).unsqueeze(1)
+        cols = torch.arange(chunk, device=dev)
+        offsets = _slot_offsets(s, chunk, dev)
         e = torch.empty_like
-        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), ids, starts, p, chunk, packed)
+        return cls(e(W), e(W), e(W), p, k, chunk, grouped, s, G, IT, group_ids, slot_ids, offsets, cols)
+
+
+def _slot_offsets(s: int, c: int, device: torch.device) -> Tensor:
+    """(1, s, c) int64: the flat offset unit-in-group·c + column within a group of a (G·s, c) block."""
+    return (torch.arange(s, device=device).unsqueeze(1) * c + torch.arange(c, device=device)).unsqueeze(0)
+
+
+def _padded_currents(F_: int, rows: int, cols: int, like: Tensor) -> Tensor:
+    """An uninitialised (rows, cols) block whose rows F.. hold -FLT_MAX (never ranked, and finite, so
+    packing index bits into them cannot make a NaN)."""
+    IT = like.new_empty(rows, cols)
+    IT[F_:] = torch.finfo(like.dtype).min
+    return IT
 
 
 def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -220,56 +254,95 @@ def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return ranked[:, 0], ranked[:, k - 1]
 
 
-def _rank_packed(I: Tensor, V: Tensor, Wp: Tensor, k: int, ws: _Workspace) -> tuple[Tensor, Tensor]:
-    """The top and the k-th unit of every row of I (c, F), overwriting I; float32 on CPU.
+def _pack(x: Tensor, ids: Tensor, bits: int) -> Tensor:
+    """In place: replace the low `bits` mantissa bits of float32 x by the int32 ids (broadcast)."""
+    x.view(torch.int32).bitwise_and_(-(1 << bits)).bitwise_or_(ids)
+    return x
 
-    Each current's float32 bit pattern keeps its sign, exponent and top mantissa bits; the low
-    `bits` mantissa bits are replaced by the unit's index. Those keys are distinct, ordered like the
-    currents truncated to (23 - bits) mantissa bits, and a key's max names its unit: rank r is the r-th
-    max-reduction after removing ranks 1..r-1 (one scatter each). Truncation is monotone, so a row
-    whose truncated currents t_1 > t_2 and t_(k-1) > t_k > t_(k+1) is ranked exactly as the currents
-    are; the few rows that are not (near-ties, all-zero patches) are re-ranked from exact currents.
+
+def _pop_max(keys: Tensor, bits: int, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """Per column of packed keys (R, c) with ids = row numbers: the max's row (c,) int64 and its
+    bit pattern (c,) int32; the max is then removed (set to -inf)."""
+    best = keys.amax(0).view(torch.int32)  # (c,)
+    row = (best & ((1 << bits) - 1)).long().clamp_(max=keys.shape[0] - 1)  # >= R only from NaN currents
+    keys.view(-1).index_fill_(0, torch.add(cols, row, alpha=keys.shape[1]), -math.inf)
+    return row, best
+
+
+def _truncated(best: Tensor, bits: int) -> Tensor:
+    """The float32 value a packed key was made from, its low `bits` mantissa bits zeroed."""
+    return (best & -(1 << bits)).view(torch.float32)
+
+
+def _rank_grouped(IT: Tensor, V: Tensor, ws: _Workspace) -> tuple[Tensor, Tensor]:
+    """The top and the k-th ranked unit of every column of transposed currents IT (G·s, c), exactly as
+    topk would find them, with a few vectorised passes (float32, CPU). IT is overwritten.
+
+    Keys: a float32 current whose low mantissa bits are replaced by an id. Keys are distinct, ordered
+    like the currents truncated to the remaining mantissa bits, and the max of a set of keys names its
+    element. Truncation is monotone, so wherever the truncated values t of consecutive ranks differ
+    strictly, those ranks are exact.
+    1. Maxima of groups of s consecutive units (G, c), keyed by group; pop the k+2 best groups. The
+       k+1 best hold the k+1 best units (every better group holds a better unit); exact if t_(k+1) >
+       t_(k+2).
+    2. Gather their (k+1)·s currents, keyed by slot = rank of group·s + unit in group; pop the k+1 best:
+       the top and the k-th, exact if t_1 > t_2 and t_(k-1) > t_k > t_(k+1).
+    Columns that fail a check (near-ties within ~2^-16 relative, all-zero patches) are re-ranked by
+    topk on exact currents recomputed from V.
     """
-    c, F_ = I.shape
-    bits = max(1, (F_ - 1).bit_length())
-    low = (1 << bits) - 1
-    keys = I.view(torch.int32)  # (c, F), the same memory
-    keys.bitwise_and_(~low).bitwise_or_(ws.unit_ids)
-    flat = I.view(-1)
-    starts = ws.row_starts[:c]
-    trunc: list[Tensor] = []  # (c,) truncated current of rank r, r = 1..k+1
-    top = kth = starts  # placeholders, set at r = 1 and r = k
-    for r in range(1, k + 2):
-        best = I.amax(1).view(torch.int32)  # (c,) key of rank r
-        trunc.append((best & ~low).view(torch.float32))
-        unit = (best & low).long().clamp_(max=F_ - 1)  # clamp: only non-finite currents decode past F
-        if r == 1:
-            top = unit
-        if r == k:
-            kth = unit
-        if r <= k:
-            flat.index_fill_(0, starts + unit, -math.inf)
-    exact = (trunc[0] > trunc[1]) & (trunc[k - 2] > trunc[k - 1]) & (trunc[k - 1] > trunc[k])
+    k, s, G = ws.k, ws.s, ws.groups
+    c = IT.shape[1]
+    cols = ws.cols[:c]
+    group_bits = max(1, (G - 1).bit_length())
+    unit_bits = s.bit_length() - 1  # s is a power of two
+    slot_bits = max(1, ((k + 1) * s - 1).bit_length())
+
+    gmax = _pack(IT.view(G, s, c).amax(1), ws.group_ids, group_bits)  # (G, c) keys
+    chosen = torch.empty(k + 1, c, dtype=torch.int64, device=IT.device)  # best groups, best first
+    for r in range(k + 1):
+        chosen[r], best = _pop_max(gmax, group_bits, cols)
+    groups_exact = _truncated(best, group_bits) > _truncated(_pop_max(gmax, group_bits, cols)[1], group_bits)
+    offsets = ws.slot_offsets if c == ws.chunk else _slot_offsets(s, c, IT.device)  # (1, s, c)
+    at = torch.add(offsets, chosen.unsqueeze(1), alpha=s * c)  # (k+1, s, c) flat offsets into IT
+    cand = IT.view(-1).index_select(0, at.view(-1)).view((k + 1) * s, c)  # (k+1)·s candidate currents
+    keys = _pack(cand, ws.slot_ids, slot_bits)  # ((k+1)·s, c)
+    slots, t = [], []
+    for _ in range(k + 1):
+        slot, best = _pop_max(keys, slot_bits, cols)
+        slots.append(slot)
+        t.append(_truncated(best, slot_bits))
+
+    def unit(slot: Tensor) -> Tensor:  # the unit a slot holds: chosen group·s + unit in group
+        return (chosen.gather(0, (slot >> unit_bits).unsqueeze(0)).squeeze(0) << unit_bits) | (slot & (s - 1))
+
+    top, kth = unit(slots[0]), unit(slots[k - 1])
+    exact = groups_exact & (t[0] > t[1]) & (t[k - 2] > t[k - 1]) & (t[k - 1] > t[k])
     redo = (~exact).nonzero().squeeze(1)
     if redo.numel():
         Vr = V[redo]  # (r, N)
         keep = Vr.abs().amax(1) > 0  # an all-zero patch adds nothing to ΔW, whatever its ranking
         redo, Vr = redo[keep], Vr[keep]
         if redo.numel():
-            top_r, kth_r = _rank_topk(Vr @ Wp.T, k)
+            top_r, kth_r = _rank_topk(Vr @ ws.Wp.T, k)
             top = top.index_copy(0, redo, top_r)
             kth = kth.index_copy(0, redo, kth_r)
     return top, kth
 
 
-def _update(W: Tensor, V: Tensor, ws: _Workspace, k: int, delta: float, lr: float, normalize: str) -> None:
+def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, normalize: str) -> None:
     """One update of W (F, N) from normalised patches V (M, N), M any size, in chunks."""
+    F_ = W.shape[0]
     Wp = _power_weights_into(W, ws.p, ws.Wp)  # (F, N)
     H = ws.H.zero_()  # (F, N) accumulates gᵀV
     for start in range(0, V.shape[0], ws.chunk):
         Vc = V[start : start + ws.chunk]  # (c, N)
-        I = torch.mm(Vc, Wp.T, out=ws.I[: Vc.shape[0]])  # (c, F) currents
-        top, kth = _rank_packed(I, Vc, Wp, k, ws) if ws.packed else _rank_topk(I, k)
+        c = Vc.shape[0]
+        if ws.grouped:
+            IT = ws.IT if c == ws.chunk else _padded_currents(F_, ws.IT.shape[0], c, W)
+            torch.mm(Wp, Vc.T, out=IT[:F_])  # (F, c) currents
+            top, kth = _rank_grouped(IT, Vc, ws)
+        else:
+            top, kth = _rank_topk(Vc @ Wp.T, ws.k)  # currents (c, F)
         H.index_add_(0, top, Vc)
         if delta:
             H.index_add_(0, kth, Vc, alpha=-delta)
@@ -282,7 +355,7 @@ def _workspace(W: Tensor, rows: int, p: float, k: int, normalize: str) -> _Works
     _check_rank(k, W.shape[0])
     if normalize not in ("global", "per_filter"):
         raise ValueError(f"rule.normalize must be 'global' or 'per_filter', got {normalize!r}")
-    return _Workspace.make(W, max(rows, 1), p)
+    return _Workspace.make(W, max(rows, 1), p, k)
 
 
 @torch.no_grad()
@@ -293,7 +366,7 @@ def update_batch(
 
     Equal to apply_update(W, krotov_delta(W, patches, ...), lr, normalize) up to float rounding."""
     ws = _workspace(weights, patches.shape[0], p, k, normalize)
-    _update(weights, patches, ws, k, delta, lr, normalize)
+    _update(weights, patches, ws, delta, lr, normalize)
 
 
 @torch.no_grad()
@@ -304,7 +377,7 @@ def update_positions(
     W (F, N), in place, from the B patches at j. Sequential by definition; buffers are shared."""
     ws = _workspace(weights, patches.shape[0], p, k, normalize)
     for j in range(patches.shape[1]):
-        _update(weights, patches[:, j], ws, k, delta, lr, normalize)  # (B, N), rows strided by P·N
+        _update(weights, patches[:, j], ws, delta, lr, normalize)  # (B, N), rows strided by P·N
 
 
 def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float) -> None:

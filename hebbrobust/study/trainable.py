@@ -142,7 +142,7 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             result = run_trial(trial_config(spec, params, i), on_epoch=on_epoch)
             for key, values in result.curves.items():  # curves the callback did not stream
                 if f"{prefix}{key}" not in run.seen_curves:
-                    for step, value in enumerate(values):
+                    for step, value in enumerate(values, start=1):  # epochs count from 1, as on_epoch's
                         run.epoch(f"{prefix}{key}", step, value)
             seed_dir = out_dir / f"seed{i}" if spec.seeds > 1 else out_dir
             files = save_trial(result, seed_dir)

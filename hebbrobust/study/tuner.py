@@ -488,8 +488,8 @@ def _fit(
     if on_progress is not None:
         _SINKS[str(study_dir)] = on_progress
     try:
-        tuner = make_tuner(_trainable(_context(spec, study_dir, target, parent), resources), callback)
         with _quiet_tune():
+            tuner = make_tuner(_trainable(_context(spec, study_dir, target, parent), resources), callback)
             grid = tuner.fit()
         ended = grid.num_terminated + grid.num_errors
     except KeyboardInterrupt:
@@ -523,8 +523,9 @@ def _outcome(
     if trials.empty:
         trials = pd.DataFrame(columns=["run_id", "trial_id", "status", "reason", "model.kind"])
     trials = report.with_front(trials, objectives)
-    first = ["trial_id", "model.kind", *[m for m, _ in objectives], *spec.space, "on_front", "pareto_rank", "status"]
-    first = list(dict.fromkeys(c for c in first if c in trials.columns))
+    lead = ["trial_id", "model.kind", *[m for m, _ in objectives], *spec.space]
+    lead += ["on_front", "pareto_rank", "status"]
+    first = list(dict.fromkeys(c for c in lead if c in trials.columns))
     trials = trials[first + [c for c in trials.columns if c not in first]]
     latest = (
         trials.drop_duplicates("trial_id", keep="last") if len(trials) else trials

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from hebbrobust.config import TrialConfig, load_trial, with_params
+from hebbrobust.errors import TrialError
+from hebbrobust.train import check_filters
+from hebbrobust.trial import run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = TrialConfig.model_validate({
+    "data": {"name": "digits", "train_size": 300, "test_size": 100},
+    "model": {"filters": 16, "kernel": 3},
+    "rule": {"epochs": 2, "batch_size": 50},
+    "head": {"epochs": 3, "batch_size": 100},
+    "backprop": {"epochs": 3, "batch_size": 100},
+    "attack": {"enabled": False},
+})
+
+
+@pytest.mark.parametrize("kind", ["local", "backprop"])
+def test_same_seed_same_metrics(kind: str) -> None:
+    cfg = with_params(TINY, {"model.kind": kind})
+    a, b = run_trial(cfg), run_trial(cfg)
+    assert a.metrics["clean_acc"] == b.metrics["clean_acc"]
+    assert a.filters is not None and b.filters is not None and torch.equal(a.filters, b.filters)
+    assert a.curves == b.curves
+    c = run_trial(with_params(cfg, {"seed": 1}))
+    assert c.filters is not None and not torch.equal(a.filters, c.filters)
+
+
+def test_curves_and_callback() -> None:
+    seen: list[tuple[str, int, int]] = []
+    result = run_trial(TINY, on_epoch=lambda stage, e, t, m: seen.append((stage, e, t)))
+    assert seen == [("filters", 1, 2), ("filters", 2, 2), ("head", 1, 3), ("head", 2, 3), ("head", 3, 3)]
+    assert len(result.curves["filters/unconverged_frac"]) == 2 and len(result.curves["head/loss"]) == 3
+
+
+def test_divergence_is_a_trial_error_with_reason() -> None:
+    with pytest.raises(TrialError, match="NaN or infinite"):
+        run_trial(with_params(TINY, {"rule.init_std": 1e20, "rule.p": 4}))
+    blue_wall = -torch.rand(10, 9)
+    blue_wall[0] = 1.0
+    with pytest.raises(TrialError, match="Blue Wall of Death"):
+        check_filters(blue_wall)
+    check_filters(torch.rand(10, 9))
+
+
+class _Cut(Exception):
+    pass
+
+
+def test_checkpoint_resumes_a_cut_off_run_to_the_same_result(tmp_path: Path) -> None:
+    full = run_trial(TINY)
+
+    def cut(stage: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
+        if stage == "head" and epoch == 2:
+            raise _Cut  # dies in epoch 2, before its checkpoint: epoch 1 is the last saved
+
+    with pytest.raises(_Cut):
+        run_trial(TINY, on_epoch=cut, checkpoint_dir=tmp_path)
+    assert (tmp_path / "filters.pt").exists() and (tmp_path / "head.pt").exists()
+    seen: list[tuple[str, int]] = []
+    resumed = run_trial(TINY, on_epoch=lambda s, e, t, m: seen.append((s, e)), checkpoint_dir=tmp_path)
+    assert seen == [("head", 2), ("head", 3)]  # filters and head epoch 1 came from checkpoints
+    assert resumed.metrics["clean_acc"] == full.metrics["clean_acc"] and resumed.curves == full.curves
+    assert resumed.filters is not None and full.filters is not None and torch.equal(resumed.filters, full.filters)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "backprop"])
+def test_quickstart_base_trial_reaches_90_percent(kind: str) -> None:
+    cfg = load_trial(ROOT / "studies" / "quickstart.yaml", [f"model.kind={kind}", "attack.enabled=false"])
+    result = run_trial(cfg)
+    assert result.metrics["clean_acc"] >= 0.90, result.metrics
