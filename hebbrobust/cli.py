@@ -6,7 +6,6 @@ Library errors (HebbrobustError) become one red line and exit code 1; --debug sh
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable

@@ -228,9 +228,16 @@ def fit_logistic(rho: np.ndarray) -> dict[str, Any]:
     return result
 
 
+def _median_with_unbroken(rho: np.ndarray, eps_max: float) -> float:
+    med = float(np.median(np.where(np.isfinite(rho), rho, np.inf)))
+    return med if math.isfinite(med) else float(eps_max)
+
+
 def robustness_summary(radii: Tensor | np.ndarray, eps_max: float, *, min_images: int = 20) -> dict[str, Any]:
     """Summaries of per-image minimal radii (inf = never broken):
-    eps50 = median of the finite radii (exact); auc = E[min(ρ, eps_max)]/eps_max over all images;
+    eps50 = median over all images, never-broken ones counted as beyond every radius (exact when
+    fewer than half are unbroken; eps_max, a lower bound, when half or more are);
+    auc = E[min(ρ, eps_max)]/eps_max over all images;
     R = inflection of the thesis's logistic fit to the finite radii, None (with R_reason) when there
     are fewer than `min_images` images or R² < 0.95; unbroken_frac = fraction of infinite radii."""
     rho = np.asarray(torch.as_tensor(radii).double().cpu())
@@ -238,7 +245,7 @@ def robustness_summary(radii: Tensor | np.ndarray, eps_max: float, *, min_images
     n = int(rho.size)
     out: dict[str, Any] = {
         "n_images": n,
-        "eps50": float(np.median(finite)) if finite.size else None,
+        "eps50": _median_with_unbroken(rho, eps_max) if n else None,
         "auc": float(np.mean(np.minimum(rho, eps_max)) / eps_max) if n else None,
         "unbroken_frac": (n - finite.size) / n if n else None,
         "R": None, "r2": None, "R_reason": None, "fit_params": None,

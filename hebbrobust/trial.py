@@ -124,7 +124,7 @@ def run_trial(
     metrics["unconverged_frac_norm_only"] = conv["unconverged_frac_norm_only"]
     extras: dict[str, Any] = {"convergence": conv, "input_shape": data.shape}
     if config.attack.enabled:
-        rob, rob_extras = evaluate_robustness(model, x_test, y_test, config.attack)
+        rob, rob_extras = evaluate_robustness(model, x_test, y_test, config.attack, seed=config.seed)
         metrics.update(rob)
         extras["robustness"] = rob_extras
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
@@ -215,7 +215,7 @@ def reevaluate(
         changes["n_images"] = n_images
     attack_cfg = config.attack.model_validate({**config.attack.model_dump(), **changes})
     data = load_dataset(config.data)
-    rob, extras = evaluate_robustness(model, data.x_test, data.y_test, attack_cfg)
+    rob, extras = evaluate_robustness(model, data.x_test, data.y_test, attack_cfg, seed=config.seed)
     if attack is not None:
         other = "pgd" if attack == "fgsm" else "fgsm"
         rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}

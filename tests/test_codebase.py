@@ -22,7 +22,8 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_clean() -> None:
-    run = subprocess.run([_tool("ruff"), "check", "hebbrobust", "tests", "scripts"], cwd=ROOT, capture_output=True, text=True)
+    cmd = [_tool("ruff"), "check", "hebbrobust", "tests", "scripts"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

@@ -163,7 +163,10 @@ def test_summary_recovers_the_inflection_point(params: tuple[float, ...]) -> Non
 def test_summary_median_auc_and_infinities() -> None:
     radii = np.array([0.03, 0.01, np.inf, 0.2, 0.02, np.inf, 0.05])
     s = robustness_summary(radii, eps_max=0.1, min_images=2)
-    assert s["eps50"] == np.median([0.01, 0.02, 0.03, 0.05, 0.2])  # exact, of the finite radii
+    # exact median of all 7, the 2 unbroken counted beyond every radius
+    assert s["eps50"] == np.median([0.01, 0.02, 0.03, 0.05, 0.2, np.inf, np.inf]) == 0.05
+    most_unbroken = robustness_summary(np.array([0.01, np.inf, np.inf]), eps_max=0.1, min_images=2)
+    assert most_unbroken["eps50"] == 0.1  # half or more unbroken: eps_max, a lower bound
     assert s["auc"] == pytest.approx(np.mean([0.3, 0.1, 1, 1, 0.2, 1, 0.5]))
     assert s["unbroken_frac"] == pytest.approx(2 / 7)
     even = robustness_summary(torch.tensor([0.4, 0.1, 0.3, 0.2], dtype=torch.float64), eps_max=1.0)
@@ -245,7 +248,7 @@ def test_evaluate_robustness_flags_a_masked_model(problem: tuple[nn.Module, Tens
     assert metrics[MASK_ZERO_GRAD_OK] == 0 and metrics[MASK_ZERO_GRAD_FRAC] == 1.0
     assert metrics[MASK_LARGE_EPS_OK] == 0 and metrics["mask_large_eps_acc"] > 0.5  # type: ignore[operator]
     assert metrics[MASK_ALL_OK] == 0
-    assert metrics["pgd_unbroken_frac"] == 1.0 and metrics["pgd_eps50"] is None
+    assert metrics["pgd_unbroken_frac"] == 1.0 and metrics["pgd_eps50"] == 0.12  # the ball: a lower bound
     assert metrics["pgd_R"] is None and "too few" in str(metrics["pgd_R_reason"])
 
 

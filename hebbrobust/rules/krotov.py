@@ -19,11 +19,11 @@ Two ways to apply it to a minibatch of images (RuleConfig.semantics, see rules/_
 2023 UiO thesis). `krotov_delta` is the plain dense formula; `update_batch`/`update_positions` compute
 the same update without forming g: g has two non-zeros per patch, so gᵀV is two index_adds.
 
-Finding the top and the k-th unit of every patch is the cost that remains next to the current GEMM.
-torch.topk on CPU sorts each row in scalar code and costs more than the GEMM itself, so on CPU the
-ranking packs each unit's index into the low mantissa bits of its current and runs k+1 vectorised
-max-reductions (exact: rows whose order could have been changed by the packing are re-ranked with
-topk; see `_rank_packed`). On other devices topk is fast and is used directly.
+Finding the top and the k-th unit of every patch is the cost next to the current GEMM. torch.topk on
+CPU sorts every row in scalar code and costs more than the GEMM, so on CPU `_rank_grouped` ranks with
+vectorised max-reductions over keys that carry a unit id in their low mantissa bits: first over group
+maxima, then over the members of the k+1 best groups. Rows whose order the packing could have changed
+are re-ranked with topk, so the result is exact. On a GPU topk is fast and is used directly.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from hebbrobust.config import RuleConfig
 
 NORM_FLOOR = 1e-7  # a patch with ‖x‖_p below this is divided by 1 instead (SCIENCE.md §1)
 DW_FLOOR = 1e-30  # the smallest max|ΔW| an update is divided by (Krotov's `prec`)
-CHUNK = 2048  # patches per current block: (CHUNK, F) float32 stays in the L2 cache for F ≲ 400
+CHUNK_CURRENTS = 1 << 20  # currents per block of patches (F=400: 2560 patches): amortises per-op costs
 CUDA_CHUNK = 65536  # on a GPU bigger blocks only help
 PACK_MAX_BITS = 12  # ranking keys give at most 12 of float32's 23 mantissa bits to an id
-GROUP_SHIFT = 0
+GATHER_BLOCK = 256  # columns per block when gathering candidates: 256·F floats stay in L2
 _PATCH_BLOCK = 1 << 22  # unfold this many patch elements at a time in extract_patches
 
 __all__ = [
@@ -190,32 +190,56 @@ def _scaled_add_(W: Tensor, dW: Tensor, lr: float, normalize: str) -> None:
 
 
 @dataclass
+class _Layout:
+    """Buffers and index tables for ranking blocks of c patches (_rank_grouped)."""
+
+    IT: Tensor  # (G·s, c) transposed currents; rows F.. hold -FLT_MAX
+    cols: Tensor  # (c,) int64 0..c-1: flat offset of column b in a (rows, c) block is row·c + b
+    cand_base: Tensor  # (nb, 1, s, blk) int32 flat offset into IT of unit-in-group j, column b
+    cand_cols: Tensor  # (c,) int64 flat offset of column b in the (nb, R, blk) candidates, less row·blk
+    at: Tensor  # (nb, k+1, s, blk) int32 buffer: flat offsets into IT of the candidates
+    blk: int  # columns per gather block: the gather reads IT one cache-sized column block at a time
+
+    @classmethod
+    def make(cls, F_: int, G: int, s: int, k: int, c: int, like: Tensor) -> _Layout:
+        IT = like.new_empty(G * s, c)
+        IT[F_:] = torch.finfo(like.dtype).min  # finite, so packing ids into it cannot make a NaN
+        blk = GATHER_BLOCK if c % GATHER_BLOCK == 0 else c
+        b = torch.arange(c, device=like.device)
+        j = torch.arange(s, device=like.device)
+        base = (j.view(1, s, 1) * c + b.view(-1, 1, blk)).unsqueeze(1)  # (nb, 1, s, blk)
+        cand_cols = b // blk * ((k + 1) * s * blk) + b % blk
+        at = torch.empty(c // blk, k + 1, s, blk, dtype=torch.int32, device=like.device)
+        return cls(IT, b, base.to(torch.int32), cand_cols, at, blk)
+
+
+@dataclass
 class _Workspace:
-    """Buffers and ranking plan shared by every update of one update_batch/update_positions call."""
+    """What every update of one update_batch/update_positions call shares: buffers, ranking plan."""
 
     Wp: Tensor  # (F, N) sign(W)|W|^(p-1)
     H: Tensor  # (F, N) Hebbian term gᵀV
     dW: Tensor  # (F, N)
     p: float
     k: int
-    chunk: int  # patches per current block
+    chunk: int  # patches per block of currents
     grouped: bool  # rank with _rank_grouped (CPU float32) rather than topk
-    s: int  # units per group
+    s: int  # units per group, a power of two
     groups: int  # G = ceil(F/s)
-    IT: Tensor  # (G·s, chunk) transposed currents; rows F.. are -FLT_MAX padding
     group_ids: Tensor  # (G, 1) int32
-    slot_ids: Tensor  # ((k+1)·s, 1) int32
-    slot_offsets: Tensor  # (1, s, chunk) int64: unit-in-group·chunk + column
-    cols: Tensor  # (chunk,) int64
+    slot_ids: Tensor  # (1, (k+1)·s, 1) int32
+    layouts: dict[int, _Layout]  # by block width c
 
     @classmethod
     def make(cls, W: Tensor, rows: int, p: float, k: int) -> _Workspace:
-        F_, N = W.shape
+        F_ = W.shape[0]
         on_cpu = W.device.type == "cpu"
-        chunk = min(rows, CHUNK if on_cpu else CUDA_CHUNK)
-        # groups of s = 2^j units, s ≈ sqrt(F/(k+1)) balances the group pass against the candidates;
+        chunk = min(rows, max(GATHER_BLOCK, CHUNK_CURRENTS // F_ // GATHER_BLOCK * GATHER_BLOCK))
+        if not on_cpu:
+            chunk = min(rows, CUDA_CHUNK)
+        # groups of s = 2^j units; s ≈ sqrt(F/(k+1)) balances the group maxima against the candidates;
         # at least k+2 groups
-        s = 1 << max(0, round(math.log2(max(1.0, math.sqrt(F_ / (k + 1))))) + GROUP_SHIFT)
+        s = 1 << max(0, round(math.log2(max(1.0, math.sqrt(F_ / (k + 1))))))
         while s > 1 and -(-F_ // s) < k + 2:
             s //= 2
         G = -(-F_ // s)
@@ -225,27 +249,15 @@ class _Workspace:
             and F_ >= k + 2
             and max((G - 1).bit_length(), ((k + 1) * s - 1).bit_length()) <= PACK_MAX_BITS
         )
-        dev = W.device
-        IT = _padded_currents(F_, G * s, chunk if grouped else 0, W)
-        group_ids = torch.arange(G, dtype=torch.int32, device=dev).unsqueeze(1)
-        slot_ids = torch.arange((k + 1) * s, dtype=torch.int32, device=dev).unsqueeze(1)
-        cols = torch.arange(chunk, device=dev)
-        offsets = _slot_offsets(s, chunk, dev)
+        group_ids = torch.arange(G, dtype=torch.int32, device=W.device).unsqueeze(1)
+        slot_ids = torch.arange((k + 1) * s, dtype=torch.int32, device=W.device).view(1, -1, 1)
         e = torch.empty_like
-        return cls(e(W), e(W), e(W), p, k, chunk, grouped, s, G, IT, group_ids, slot_ids, offsets, cols)
+        return cls(e(W), e(W), e(W), p, k, chunk, grouped, s, G, group_ids, slot_ids, {})
 
-
-def _slot_offsets(s: int, c: int, device: torch.device) -> Tensor:
-    """(1, s, c) int64: the flat offset unit-in-group·c + column within a group of a (G·s, c) block."""
-    return (torch.arange(s, device=device).unsqueeze(1) * c + torch.arange(c, device=device)).unsqueeze(0)
-
-
-def _padded_currents(F_: int, rows: int, cols: int, like: Tensor) -> Tensor:
-    """An uninitialised (rows, cols) block whose rows F.. hold -FLT_MAX (never ranked, and finite, so
-    packing index bits into them cannot make a NaN)."""
-    IT = like.new_empty(rows, cols)
-    IT[F_:] = torch.finfo(like.dtype).min
-    return IT
+    def layout(self, c: int) -> _Layout:
+        if c not in self.layouts:
+            self.layouts[c] = _Layout.make(self.Wp.shape[0], self.groups, self.s, self.k, c, self.Wp)
+        return self.layouts[c]
 
 
 def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -260,12 +272,12 @@ def _pack(x: Tensor, ids: Tensor, bits: int) -> Tensor:
     return x
 
 
-def _pop_max(keys: Tensor, bits: int, cols: Tensor) -> tuple[Tensor, Tensor]:
-    """Per column of packed keys (R, c) with ids = row numbers: the max's row (c,) int64 and its
-    bit pattern (c,) int32; the max is then removed (set to -inf)."""
-    best = keys.amax(0).view(torch.int32)  # (c,)
-    row = (best & ((1 << bits) - 1)).long().clamp_(max=keys.shape[0] - 1)  # >= R only from NaN currents
-    keys.view(-1).index_fill_(0, torch.add(cols, row, alpha=keys.shape[1]), -math.inf)
+def _pop_max(keys: Tensor, bits: int, col_offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """keys (nb, R, blk) packed with ids = row numbers; per column b = block·blk + i: the row of the max
+    (c,) int64 and the max's bit pattern (c,) int32. The max is then removed (set to -inf)."""
+    best = keys.amax(1).view(-1).view(torch.int32)  # (c,)
+    row = (best & ((1 << bits) - 1)).long()  # < R: every key carries a row id (NaN ones too)
+    keys.view(-1).index_fill_(0, torch.add(col_offsets, row, alpha=keys.shape[2]), -math.inf)
     return row, best
 
 
@@ -274,7 +286,7 @@ def _truncated(best: Tensor, bits: int) -> Tensor:
     return (best & -(1 << bits)).view(torch.float32)
 
 
-def _rank_grouped(IT: Tensor, V: Tensor, ws: _Workspace) -> tuple[Tensor, Tensor]:
+def _rank_grouped(IT: Tensor, V: Tensor, ws: _Workspace, lay: _Layout) -> tuple[Tensor, Tensor]:
     """The top and the k-th ranked unit of every column of transposed currents IT (G·s, c), exactly as
     topk would find them, with a few vectorised passes (float32, CPU). IT is overwritten.
 
@@ -292,28 +304,32 @@ def _rank_grouped(IT: Tensor, V: Tensor, ws: _Workspace) -> tuple[Tensor, Tensor
     """
     k, s, G = ws.k, ws.s, ws.groups
     c = IT.shape[1]
-    cols = ws.cols[:c]
+    R, blk = (k + 1) * s, lay.blk
     group_bits = max(1, (G - 1).bit_length())
-    unit_bits = s.bit_length() - 1  # s is a power of two
-    slot_bits = max(1, ((k + 1) * s - 1).bit_length())
+    unit_bits = s.bit_length() - 1
+    slot_bits = max(1, (R - 1).bit_length())
 
-    gmax = _pack(IT.view(G, s, c).amax(1), ws.group_ids, group_bits)  # (G, c) keys
-    chosen = torch.empty(k + 1, c, dtype=torch.int64, device=IT.device)  # best groups, best first
+    gmax = _pack(IT.view(G, s, c).amax(1), ws.group_ids, group_bits).unsqueeze(0)  # (1, G, c) keys
+    chosen = torch.empty(k + 1, c, dtype=torch.int32, device=IT.device)  # best groups, best first
     for r in range(k + 1):
-        chosen[r], best = _pop_max(gmax, group_bits, cols)
-    groups_exact = _truncated(best, group_bits) > _truncated(_pop_max(gmax, group_bits, cols)[1], group_bits)
-    offsets = ws.slot_offsets if c == ws.chunk else _slot_offsets(s, c, IT.device)  # (1, s, c)
-    at = torch.add(offsets, chosen.unsqueeze(1), alpha=s * c)  # (k+1, s, c) flat offsets into IT
-    cand = IT.view(-1).index_select(0, at.view(-1)).view((k + 1) * s, c)  # (k+1)·s candidate currents
-    keys = _pack(cand, ws.slot_ids, slot_bits)  # ((k+1)·s, c)
-    slots, t = [], []
-    for _ in range(k + 1):
-        slot, best = _pop_max(keys, slot_bits, cols)
-        slots.append(slot)
-        t.append(_truncated(best, slot_bits))
+        chosen[r], best = _pop_max(gmax, group_bits, lay.cols)
+    t_next = _truncated(_pop_max(gmax, group_bits, lay.cols)[1], group_bits)
+    groups_exact = _truncated(best, group_bits) > t_next
 
-    def unit(slot: Tensor) -> Tensor:  # the unit a slot holds: chosen group·s + unit in group
-        return (chosen.gather(0, (slot >> unit_bits).unsqueeze(0)).squeeze(0) << unit_bits) | (slot & (s - 1))
+    by_block = chosen.view(k + 1, -1, 1, blk).transpose(0, 1)  # (nb, k+1, 1, blk)
+    at = torch.add(lay.cand_base, by_block, alpha=s * c, out=lay.at)  # (nb, k+1, s, blk) offsets into IT
+    cand = IT.view(-1).index_select(0, at.view(-1)).view(-1, R, blk)  # (nb, R, blk) candidate currents
+    keys = _pack(cand, ws.slot_ids, slot_bits)
+    slots, t = [], {}
+    for r in range(k + 1):
+        slot, best = _pop_max(keys, slot_bits, lay.cand_cols)
+        slots.append(slot)
+        if r in (0, 1, k - 2, k - 1, k):
+            t[r] = _truncated(best, slot_bits)
+
+    def unit(slot: Tensor) -> Tensor:  # the unit in a slot: chosen group·s + unit in group
+        group = chosen.gather(0, (slot >> unit_bits).unsqueeze(0)).squeeze(0).long()
+        return (group << unit_bits) | (slot & (s - 1))
 
     top, kth = unit(slots[0]), unit(slots[k - 1])
     exact = groups_exact & (t[0] > t[1]) & (t[k - 2] > t[k - 1]) & (t[k - 1] > t[k])
@@ -338,9 +354,9 @@ def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, norma
         Vc = V[start : start + ws.chunk]  # (c, N)
         c = Vc.shape[0]
         if ws.grouped:
-            IT = ws.IT if c == ws.chunk else _padded_currents(F_, ws.IT.shape[0], c, W)
-            torch.mm(Wp, Vc.T, out=IT[:F_])  # (F, c) currents
-            top, kth = _rank_grouped(IT, Vc, ws)
+            lay = ws.layout(c)
+            torch.mm(Wp, Vc.T, out=lay.IT[:F_])  # (F, c) currents
+            top, kth = _rank_grouped(lay.IT, Vc, ws, lay)
         else:
             top, kth = _rank_topk(Vc @ Wp.T, ws.k)  # currents (c, F)
         H.index_add_(0, top, Vc)
@@ -381,14 +397,14 @@ def update_positions(
 
 
 def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float) -> None:
-    """Train W (F, N) in place on one minibatch of images (B, C, H, W) at learning rate lr: patches are
-    extracted once, then updated with per cfg.semantics."""
+    """Train W (F, N) in place on one minibatch of images (B, C, H, W) at learning rate lr: the patches
+    are extracted once, then used as cfg.semantics says (one update, or one per position)."""
     F_, N = weights.shape
     C = images.shape[1]
     w = math.isqrt(N // C)
     if C * w * w != N:
         raise ValueError(f"weights have N={N} inputs, not C·w·w for the images' C={C} channels")
-    patches = extract_patches(images.to(weights.dtype), w, cfg.p)  # (B, P, N)
+    patches = extract_patches(images.to(weights.device, weights.dtype), w, cfg.p)  # (B, P, N)
     if cfg.semantics == "batch":
         update_batch(
             weights, patches.view(-1, N), p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize
