@@ -29,6 +29,9 @@ app.add_typer(cache_app, name="cache")
 
 out = Console()
 err = Console(stderr=True)
+for _console in (out, err):
+    if not _console.is_terminal:  # logs and pipes: wide lines, no wrapping mid-table
+        _console.width = 200
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,6 +147,161 @@ def evaluate_cmd(
     metrics = reevaluate(trial_dir, eps=eps, attack=attack, n_images=n_images)
     out.print(_metrics_table(metrics, f"robustness of {trial_dir}"))
     _warn_masking(metrics)
+
+
+# --------------------------------------------------------------------------- study
+
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+]
+StorageOpt = Annotated[
+    Path | None, typer.Option("--storage", help="study directories root (default ./hebbrobust-studies)")
+]
+
+
+class StudyBar:
+    """Renders the study's progress (trials done/running/failed, best values so far)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.task = progress, None  # type: ignore[var-annotated]
+
+    def __call__(self, p: Any) -> None:
+        best = "  ".join(f"{k}={v:.4g}" for k, v in p.best.items() if v is not None)
+        text = f"{p.name}: {p.running} running  {p.failed} failed  {p.cache_hits} filter-cache hits  best {best}"
+        if self.task is None:
+            self.task = self.progress.add_task(text, total=p.total)
+        self.progress.update(self.task, completed=p.done + p.failed, description=text)
+        if not self.progress.console.is_terminal:
+            self.progress.console.print(f"{p.done + p.failed}/{p.total} done  {text}", highlight=False)
+
+
+def _print_outcome(outcome: Any) -> None:
+    front = outcome.front
+    finished = outcome.counts.get("finished", 0)
+    table = Table(title=f"Pareto front of {outcome.name} ({len(front)} of {finished} finished trials)")
+    cols = outcome.front_columns
+    for col in cols:
+        table.add_column(col)
+    for _, row in front[cols].iterrows():
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)
+    c = outcome.counts
+    out.print(
+        f"trials: {c.get('finished', 0)} finished, {c.get('failed', 0)} failed, {c.get('unfinished', 0)} unfinished"
+        + (f"; wall {outcome.wall_seconds:.0f} s" if outcome.wall_seconds else "")
+    )
+    out.print(f"study dir:  {outcome.study_dir}")
+    out.print(f"MLflow:     {outcome.tracking_uri}  experiment {outcome.experiment!r}")
+    out.print(f"            parent run {outcome.parent_run_id}")
+    out.print(f"            {outcome.mlflow_ui_command}")
+    out.print(f"Optuna:     optuna-dashboard {outcome.optuna_storage}")
+    if outcome.interrupted:
+        err.print(f"[yellow]interrupted:[/yellow] continue with `hebbrobust study resume {outcome.study_dir}`")
+
+
+@study_app.command("run")
+@friendly
+def study_run(
+    spec: SpecArg,
+    address: AddressOpt = None,
+    num_trials: Annotated[int | None, typer.Option("--num-trials", "-n", help="override num_trials")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow URI (default sqlite ./mlflow.db)")
+    ] = None,
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run a multi-objective study: Ray Tune schedules, Optuna searches, MLflow records."""
+    from hebbrobust.config import load_study
+    from hebbrobust.study import run_study
+
+    sets = (set_ or []) + ([f"num_trials={num_trials}"] if num_trials else [])
+    study = load_study(spec, sets)
+    with _progress() as progress:
+        outcome = run_study(
+            study, spec_path=spec, address=address, storage=storage, tracking_uri=tracking_uri,
+            on_progress=StudyBar(progress),
+        )
+    _print_outcome(outcome)
+
+
+@study_app.command("resume")
+@friendly
+def study_resume(
+    study_dir: Annotated[Path, typer.Argument(help="the study directory (or its name)")],
+    address: AddressOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Continue an interrupted study: no trial lost, none duplicated."""
+    from hebbrobust.study import find_study_dir, resume_study
+
+    with _progress() as progress:
+        outcome = resume_study(find_study_dir(study_dir, storage), address=address, on_progress=StudyBar(progress))
+    _print_outcome(outcome)
+
+
+@study_app.command("list")
+@friendly
+def study_list(storage: StorageOpt = None) -> None:
+    """Studies under the storage root with their trial counts."""
+    from hebbrobust.study import list_studies
+
+    df = list_studies(storage)
+    if df.empty:
+        out.print("no studies yet")
+        return
+    table = Table()
+    cols = [c for c in ("name", "num_trials", "complete", "failed", "running", "sampler", "study_dir") if c in df]
+    for col in cols:
+        table.add_column(col)
+    for _, row in df[cols].iterrows():
+        table.add_row(*(str(v) for v in row))
+    out.print(table)
+
+
+@study_app.command("show")
+@friendly
+def study_show(
+    name: Annotated[str, typer.Argument(help="study name or directory")], storage: StorageOpt = None
+) -> None:
+    """A study's counts, front and where everything is."""
+    from hebbrobust.study import show_study
+
+    _print_outcome(show_study(name, storage=storage))
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@cache_app.command("list")
+@friendly
+def cache_list(cache_dir: Annotated[Path, typer.Argument(help="a filter-cache directory")]) -> None:
+    """Entries of a filter cache: key, size, settings."""
+    from hebbrobust.cache import list_entries
+
+    rows = list_entries(cache_dir)
+    table = Table(title=f"{len(rows)} filter sets, {sum(r['bytes'] for r in rows) / 1e6:.1f} MB")
+    cols = ("key", "bytes", "train_seconds", "data", "filters", "kernel", "p", "k", "delta", "epochs", "seed")
+    for col in cols:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    out.print(table)
+
+
+@cache_app.command("clear")
+@friendly
+def cache_clear(
+    cache_dir: Annotated[Path, typer.Argument(help="a filter-cache directory")],
+    older_than: Annotated[
+        float | None, typer.Option("--older-than", help="only entries older than this many days")
+    ] = None,
+) -> None:
+    """Remove filter-cache entries (all, or those older than --older-than days)."""
+    from hebbrobust.cache import clear
+
+    removed = clear(cache_dir, None if older_than is None else older_than * 86400)
+    out.print(f"removed {removed} entries from {cache_dir}")
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m hebbrobust.cli`

@@ -226,6 +226,12 @@ class StudySpec(_Frozen):
     tracking_uri: str | None = Field(None, description="MLflow URI (default: sqlite ./mlflow.db)")
     experiment: str | None = Field(None, description="MLflow experiment (default: the study name)")
     storage: Path | None = Field(None, description="study directory root (default ./hebbrobust-studies)")
+    filter_cache: bool = Field(
+        True, description="local trials that differ only in head settings share trained filters"
+    )
+    filter_cache_dir: Path | None = Field(
+        None, description="filter cache directory (default <study dir>/filter-cache; shared storage on a cluster)"
+    )
 
     @field_validator("space", mode="before")
     @classmethod

@@ -101,9 +101,7 @@ def front_table(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     return front.sort_values(name, ascending=(mode == "min"), kind="stable")
 
 
-def front_figure(
-    trials: pd.DataFrame, objectives: Objectives, *, title: str = "", kind_column: str = "model.kind"
-):
+def front_figure(trials: pd.DataFrame, objectives: Objectives, *, title: str = "", kind_column: str = "model.kind"):
     """Scatter of the first two objectives (the first against trial order when there is one):
     every finished trial, local and backprop models coloured apart, the front outlined and joined."""
     import matplotlib
@@ -122,9 +120,7 @@ def front_figure(
         x_col = "_order"
     else:
         x_col = x_name
-    kinds = (
-        data[kind_column].fillna("?") if kind_column in data.columns else pd.Series("trial", index=data.index)
-    )
+    kinds = data[kind_column].fillna("?") if kind_column in data.columns else pd.Series("trial", index=data.index)
     colours = {"local": "tab:blue", "backprop": "tab:orange"}
     for kind in sorted(kinds.unique()):
         part = data[kinds == kind]
@@ -139,9 +135,7 @@ def front_figure(
     front = data[data["on_front"]]
     if len(front):
         front = front.sort_values(x_col)
-        ax.scatter(
-            front[x_col], front[y_name], s=90, facecolors="none", edgecolors="black", label="Pareto front"
-        )
+        ax.scatter(front[x_col], front[y_name], s=90, facecolors="none", edgecolors="black", label="Pareto front")
         if x_name is not None:
             ax.plot(front[x_col], front[y_name], color="black", lw=0.8, alpha=0.6)
     ax.set_xlabel(x_name or "trial")
@@ -154,9 +148,7 @@ def front_figure(
     return fig
 
 
-def write_front(
-    trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, title: str = ""
-) -> dict[str, Path]:
+def write_front(trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, title: str = "") -> dict[str, Path]:
     """front.csv (the front), trials.csv (every trial) and front.png under `out_dir`; returns name -> path."""
     import matplotlib.pyplot as plt
 

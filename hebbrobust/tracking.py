@@ -261,9 +261,7 @@ def run_status(target: TrackingTarget, run_id: str) -> str:
     return target.client().get_run(run_id).info.status
 
 
-def log_front(
-    target: TrackingTarget, run_id: str, files: Mapping[str, Path], summary: Mapping[str, Any]
-) -> None:
+def log_front(target: TrackingTarget, run_id: str, files: Mapping[str, Path], summary: Mapping[str, Any]) -> None:
     """The study's front files (front.csv, front.png, trials.csv) and summary numbers on the parent run."""
     client = target.client()
     metrics, tags, _ = split_metrics(summary)
@@ -290,7 +288,7 @@ class TrialRun:
         self._pending: list[Metric] = []
         self._renamed: dict[str, str] = {}
         self._last_flush = time.monotonic()
-        self.seen_curves: set[str] = set()
+        self.seen: set[tuple[str, int]] = set()  # (curve, step) pairs logged
 
     @classmethod
     def start(
@@ -323,7 +321,7 @@ class TrialRun:
 
     def epoch(self, key: str, step: int, value: float) -> None:
         """One per-epoch value of the curve `key` (e.g. `filters/unconverged_frac`)."""
-        self.seen_curves.add(key)
+        self.seen.add((key, int(step)))
         if isinstance(value, bool):
             value = float(value)
         if not isinstance(value, int | float) or not math.isfinite(value):
@@ -411,9 +409,7 @@ def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
                     "run_name": run.info.run_name,
                     "status": run.info.status,
                     "reason": tags.get(REASON_TAG),
-                    "start_time": pd.to_datetime(run.info.start_time, unit="ms")
-                    if run.info.start_time
-                    else None,
+                    "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else None,
                     "end_time": pd.to_datetime(run.info.end_time, unit="ms") if run.info.end_time else None,
                 }
                 try:

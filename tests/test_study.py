@@ -228,9 +228,7 @@ def test_gpu_requested_only_when_the_cluster_has_one() -> None:
     spec = spec_of()
     assert trial_resources(spec, {"CPU": 2.0}) == {"cpu": 1.0, "gpu": 0.0}
     assert trial_resources(spec, {"CPU": 16.0, "GPU": 1.0}) == {"cpu": 1.0, "gpu": 1.0}
-    with pytest.raises(
-        HebbrobustError, match="resources.gpu: each trial asks for 1 GPUs but the Ray cluster has 0"
-    ):
+    with pytest.raises(HebbrobustError, match="resources.gpu: each trial asks for 1 GPUs but the Ray cluster has 0"):
         trial_resources(spec_of(resources={"gpu": 1}), {"CPU": 2.0})
     with pytest.raises(HebbrobustError, match="resources.cpu"):
         trial_resources(spec_of(resources={"cpu": 4}), {"CPU": 2.0})
@@ -263,9 +261,7 @@ def test_objective_problems_are_named() -> None:
     assert "'pgd_R' is None: too few" in str(
         objective_problem({"clean_acc": 0.9, "pgd_R": None, "pgd_R_reason": "too few"}, objectives)
     )
-    assert "not among the trial's metrics (clean_acc)" in str(
-        objective_problem({"clean_acc": 0.9}, objectives)
-    )
+    assert "not among the trial's metrics (clean_acc)" in str(objective_problem({"clean_acc": 0.9}, objectives))
     assert "is nan" in str(objective_problem({"clean_acc": float("nan"), "pgd_R": 1.0}, objectives))
 
 
@@ -297,9 +293,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tracking.TrackingTarget:
     return tracking.ensure_experiment(f"sqlite:///{root}/mlflow.db", "unit")
 
 
-def test_trial_runs_nest_under_the_parent_and_read_back(
-    store: tracking.TrackingTarget, tmp_path: Path
-) -> None:
+def test_trial_runs_nest_under_the_parent_and_read_back(store: tracking.TrackingTarget, tmp_path: Path) -> None:
     assert tracking.ensure_experiment(store.uri, "unit") == store  # idempotent
     parent = tracking.start_parent_run(store, "unit", params={"num_trials": 2}, tags={})
     png = tmp_path / "filters.png"
@@ -464,6 +458,7 @@ def test_four_trial_study_end_to_end(local_ray, tmp_path: Path) -> None:
     assert not any(dominated(row, finished, outcome.objectives) for _, row in front.iterrows())
     assert (outcome.study_dir / "front.csv").exists() and (outcome.study_dir / "spec.yaml").exists()
     assert all((outcome.study_dir / "trials" / t / "metrics.json").exists() for t in children["trial_id"])
+    assert not any((outcome.study_dir / "trials" / t / "checkpoints").exists() for t in children["trial_id"])
 
     # the same study again is refused; resuming a finished one runs nothing and duplicates nothing
     with pytest.raises(HebbrobustError, match="already holds study 'e2e'"):
@@ -492,17 +487,24 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(local_ray, tmp_path: 
             "sampler": {"name": "grid", "seed": 0},
             "num_trials": 2,
             "max_concurrent": 2,
+            "seeds": 2,
         }
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     outcome = run_study(spec, storage=tmp_path, tracking_uri=uri)
     assert outcome.counts["finished"] == 1 and outcome.counts["failed"] == 1
-    states = sorted(
-        t.state.name for t in optuna.load_study(study_name="fails", storage=outcome.optuna_storage).trials
-    )
+    states = sorted(t.state.name for t in optuna.load_study(study_name="fails", storage=outcome.optuna_storage).trials)
     assert states == ["COMPLETE", "FAIL"]
     failed = outcome.trials[outcome.trials["status"] == "FAILED"].iloc[0]
     assert "larger than the 8x8 images" in failed["reason"]
     client = tracking.TrackingTarget(uri, "fails", outcome.experiment_id).client()
     assert "traceback.txt" in {a.path for a in client.list_artifacts(failed["run_id"])}
     assert outcome.front["model.kernel"].tolist() == [3]
+    # two seeds: the mean is the objective, the spread is recorded, each seed keeps its files
+    done = outcome.trials[outcome.trials["status"] == "FINISHED"].iloc[0]
+    assert done["clean_acc_std"] >= 0 and 0 < done["clean_acc"] <= 1
+    seeds = json.loads((outcome.study_dir / "trials" / done["trial_id"] / "seed1" / "metrics.json").read_text())
+    assert seeds["config"]["seed"] == 1
+    paths = {a.path for a in client.list_artifacts(done["run_id"], "seed1")}
+    assert "seed1/filters.png" in paths
+    assert "seed1/clean_acc" in client.get_run(done["run_id"]).data.metrics

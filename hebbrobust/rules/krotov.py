@@ -290,50 +290,46 @@ def _rank_grouped(IT: Tensor, V: Tensor, ws: _Workspace, lay: _Layout) -> tuple[
     """The top and the k-th ranked unit of every column of transposed currents IT (G·s, c), exactly as
     topk would find them, with a few vectorised passes (float32, CPU). IT is overwritten.
 
-    Keys: a float32 current whose low mantissa bits are replaced by an id. Keys are distinct, ordered
-    like the currents truncated to the remaining mantissa bits, and the max of a set of keys names its
-    element. Truncation is monotone, so wherever the truncated values t of consecutive ranks differ
-    strictly, those ranks are exact.
-    1. Maxima of groups of s consecutive units (G, c), keyed by group; pop the k+2 best groups. The
-       k+1 best hold the k+1 best units (every better group holds a better unit); exact if t_(k+1) >
-       t_(k+2).
-    2. Gather their (k+1)·s currents, keyed by slot = rank of group·s + unit in group; pop the k+1 best:
-       the top and the k-th, exact if t_1 > t_2 and t_(k-1) > t_k > t_(k+1).
-    Columns that fail a check (near-ties within ~2^-16 relative, all-zero patches) are re-ranked by
-    topk on exact currents recomputed from V.
+    Keys: a float32 current whose low b mantissa bits are replaced by an id (the same b at both levels
+    below). Keys are distinct, ordered like the currents truncated to 23 - b mantissa bits, t(I), and
+    the max of a set of keys names its element; truncation is monotone.
+    1. Maxima of groups of s consecutive units (G, c), keyed by group; pop the k+1 best groups.
+    2. Gather their (k+1)·s currents (the candidates), keyed by slot = rank of group·s + unit in group;
+       pop the k+1 best: the top is rank 1, the k-th rank k.
+    A unit outside the candidates has t(I) <= t(the smallest chosen group max) <= t_(k+1) (the k+1
+    chosen maxima are candidates), so where t_1 > t_2 and t_(k-1) > t_k > t_(k+1), ranks 1 and k are
+    exact. Other columns (near-ties within ~2^-16 relative, all-zero patches) are re-ranked by topk on
+    exact currents recomputed from V.
     """
     k, s, G = ws.k, ws.s, ws.groups
     c = IT.shape[1]
     R, blk = (k + 1) * s, lay.blk
-    group_bits = max(1, (G - 1).bit_length())
+    bits = max(1, (G - 1).bit_length(), (R - 1).bit_length())  # id bits, the same at both levels
     unit_bits = s.bit_length() - 1
-    slot_bits = max(1, (R - 1).bit_length())
 
-    gmax = _pack(IT.view(G, s, c).amax(1), ws.group_ids, group_bits).unsqueeze(0)  # (1, G, c) keys
+    gmax = _pack(IT.view(G, s, c).amax(1), ws.group_ids, bits).unsqueeze(0)  # (1, G, c) keys
     chosen = torch.empty(k + 1, c, dtype=torch.int32, device=IT.device)  # best groups, best first
     for r in range(k + 1):
-        chosen[r], best = _pop_max(gmax, group_bits, lay.cols)
-    t_next = _truncated(_pop_max(gmax, group_bits, lay.cols)[1], group_bits)
-    groups_exact = _truncated(best, group_bits) > t_next
+        chosen[r] = _pop_max(gmax, bits, lay.cols)[0]
 
     by_block = chosen.view(k + 1, -1, 1, blk).transpose(0, 1)  # (nb, k+1, 1, blk)
     at = torch.add(lay.cand_base, by_block, alpha=s * c, out=lay.at)  # (nb, k+1, s, blk) offsets into IT
     cand = IT.view(-1).index_select(0, at.view(-1)).view(-1, R, blk)  # (nb, R, blk) candidate currents
-    keys = _pack(cand, ws.slot_ids, slot_bits)
+    keys = _pack(cand, ws.slot_ids, bits)
     slots, t = [], {}
     for r in range(k + 1):
-        slot, best = _pop_max(keys, slot_bits, lay.cand_cols)
+        slot, best = _pop_max(keys, bits, lay.cand_cols)
         slots.append(slot)
         if r in (0, 1, k - 2, k - 1, k):
-            t[r] = _truncated(best, slot_bits)
+            t[r] = _truncated(best, bits)
 
     def unit(slot: Tensor) -> Tensor:  # the unit in a slot: chosen group·s + unit in group
         group = chosen.gather(0, (slot >> unit_bits).unsqueeze(0)).squeeze(0).long()
         return (group << unit_bits) | (slot & (s - 1))
 
     top, kth = unit(slots[0]), unit(slots[k - 1])
-    exact = groups_exact & (t[0] > t[1]) & (t[k - 2] > t[k - 1]) & (t[k - 1] > t[k])
-    redo = (~exact).nonzero().squeeze(1)
+    margin = torch.minimum(torch.minimum(t[0] - t[1], t[k - 2] - t[k - 1]), t[k - 1] - t[k])
+    redo = (margin <= 0).nonzero().squeeze(1)  # exact where all three gaps are > 0
     if redo.numel():
         Vr = V[redo]  # (r, N)
         keep = Vr.abs().amax(1) > 0  # an all-zero patch adds nothing to ΔW, whatever its ranking
@@ -393,7 +389,7 @@ def update_positions(
     W (F, N), in place, from the B patches at j. Sequential by definition; buffers are shared."""
     ws = _workspace(weights, patches.shape[0], p, k, normalize)
     for j in range(patches.shape[1]):
-        _update(weights, patches[:, j], ws, delta, lr, normalize)  # (B, N), rows strided by P·N
+        _update(weights, patches[:, j].contiguous(), ws, delta, lr, normalize)  # (B, N): one small copy
 
 
 def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float) -> None:
@@ -406,13 +402,9 @@ def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float) -> N
         raise ValueError(f"weights have N={N} inputs, not C·w·w for the images' C={C} channels")
     patches = extract_patches(images.to(weights.device, weights.dtype), w, cfg.p)  # (B, P, N)
     if cfg.semantics == "batch":
-        update_batch(
-            weights, patches.view(-1, N), p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize
-        )
+        update_batch(weights, patches.view(-1, N), p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize)
     else:
-        update_positions(
-            weights, patches, p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize
-        )
+        update_positions(weights, patches, p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize)
 
 
 # --------------------------------------------------------------------------- schedule

@@ -9,6 +9,7 @@ marks it errored and OptunaSearch tells Optuna FAIL; the study goes on.
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 import traceback
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ class TrialContext:
     tracking: TrackingTarget
     parent_run_id: str
     cpus: float
+    filter_cache: str | None = None  # shared filter-cache directory (issue 8); None: every trial trains its own
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -133,19 +135,24 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         for i in range(spec.seeds):
             prefix = f"seed{i}/" if spec.seeds > 1 else ""
 
-            def on_epoch(
-                stage: str, epoch: int, total: int, metrics: dict[str, float], prefix: str = prefix
-            ) -> None:
+            def on_epoch(stage: str, epoch: int, total: int, metrics: dict[str, float], prefix: str = prefix) -> None:
                 for name, value in metrics.items():
                     run.epoch(f"{prefix}{stage}/{name}", epoch, value)
 
-            result = run_trial(trial_config(spec, params, i), on_epoch=on_epoch)
-            for key, values in result.curves.items():  # curves the callback did not stream
-                if f"{prefix}{key}" not in run.seen_curves:
-                    for step, value in enumerate(values, start=1):  # epochs count from 1, as on_epoch's
-                        run.epoch(f"{prefix}{key}", step, value)
             seed_dir = out_dir / f"seed{i}" if spec.seeds > 1 else out_dir
+            checkpoints = seed_dir / "checkpoints"  # a retried or resumed trial continues from its last epoch
+            result = run_trial(
+                trial_config(spec, params, i),
+                on_epoch=on_epoch,
+                filter_cache=Path(ctx.filter_cache) if ctx.filter_cache else None,
+                checkpoint_dir=checkpoints,
+            )
+            for key, values in result.curves.items():  # epochs the callback did not stream (resumed, cached)
+                for step, value in enumerate(values, start=1):  # epochs count from 1, as on_epoch's
+                    if (f"{prefix}{key}", step) not in run.seen:
+                        run.epoch(f"{prefix}{key}", step, value)
             files = save_trial(result, seed_dir)
+            shutil.rmtree(checkpoints, ignore_errors=True)
             run.artifacts(files, subdir=f"seed{i}" if spec.seeds > 1 else None)
             if spec.seeds > 1:
                 run.final(result.metrics, prefix=prefix)

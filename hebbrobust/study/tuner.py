@@ -66,6 +66,7 @@ class StudyProgress:
     failed: int  # errored (after retries)
     best: dict[str, float | None]  # objective -> best value among finished trials
     elapsed_s: float
+    cache_hits: int = 0  # finished trials whose filters came from the filter cache
 
 
 ProgressFn = Callable[[StudyProgress], None]
@@ -122,9 +123,7 @@ class ProgressCallback(tune.Callback):
         self._start = time.time()
         self._last: tuple[Any, ...] | None = None
 
-    def setup(
-        self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any
-    ) -> None:
+    def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
         self._start = time.time()
         self._last = None
 
@@ -148,6 +147,9 @@ class ProgressCallback(tune.Callback):
             failed=states.count("ERROR"),
             best=best,
             elapsed_s=time.time() - self._start,
+            cache_hits=sum(
+                1 for t in trials if t.status == "TERMINATED" and (t.last_result or {}).get("filters_cache_hit") == 1
+            ),
         )
 
     def _emit(self, trials: list[Any]) -> None:
@@ -160,6 +162,7 @@ class ProgressCallback(tune.Callback):
             progress.running,
             progress.pending,
             progress.failed,
+            progress.cache_hits,
             tuple(progress.best.items()),
         )
         if key == self._last:
@@ -210,9 +213,7 @@ def ray_session(address: str | None = None) -> Iterator[dict[str, float]]:
                 )
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {addr}" if addr else "a local Ray"
-            raise HebbrobustError(
-                f"cannot start or join {where}: {str(e).splitlines()[0] if str(e) else e}"
-            ) from None
+            raise HebbrobustError(f"cannot start or join {where}: {str(e).splitlines()[0] if str(e) else e}") from None
         started = True
     try:
         yield dict(ray.cluster_resources())
@@ -228,9 +229,7 @@ def trial_resources(spec: StudySpec, cluster: Mapping[str, float]) -> dict[str, 
     gpus_avail = float(cluster.get("GPU", 0))
     cpu = float(spec.resources.cpu)
     if cpus_avail and cpu > cpus_avail:
-        raise HebbrobustError(
-            f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cpus_avail:g}"
-        )
+        raise HebbrobustError(f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cpus_avail:g}")
     want = spec.resources.gpu
     if want == "auto":
         gpu = 1.0 if gpus_avail >= 1 else 0.0
@@ -290,11 +289,7 @@ def _read_meta(study_dir: Path) -> dict[str, Any]:
 
 
 def _storage_root(storage: Path | str | None, spec: StudySpec | None = None) -> Path:
-    root = (
-        Path(storage)
-        if storage is not None
-        else (spec.storage if spec and spec.storage else Path(DEFAULT_STORAGE))
-    )
+    root = Path(storage) if storage is not None else (spec.storage if spec and spec.storage else Path(DEFAULT_STORAGE))
     return root.expanduser().resolve()
 
 
@@ -317,8 +312,15 @@ def _objectives(spec: StudySpec) -> list[tuple[str, str]]:
 
 def _context(spec: StudySpec, study_dir: Path, target: tracking.TrackingTarget, parent: str) -> TrialContext:
     return TrialContext(
-        spec=spec, study_dir=str(study_dir), tracking=target, parent_run_id=parent, cpus=spec.resources.cpu
+        spec=spec, study_dir=str(study_dir), tracking=target, parent_run_id=parent, cpus=spec.resources.cpu,
+        filter_cache=str(filter_cache_dir(spec, study_dir)) if spec.filter_cache else None,
     )
+
+
+def filter_cache_dir(spec: StudySpec, study_dir: Path) -> Path:
+    """Where a study's trials share filters: spec.filter_cache_dir (shared storage on a cluster),
+    else <study dir>/filter-cache."""
+    return Path(spec.filter_cache_dir).absolute() if spec.filter_cache_dir else Path(study_dir) / "filter-cache"
 
 
 def _trainable(ctx: TrialContext, resources: dict[str, float]) -> Any:
@@ -450,9 +452,7 @@ def resume_study(
             f"{tune_path}: no Ray Tune state to resume (the study stopped before Tune saved any); "
             f"remove {study_dir} and run the study again"
         )
-    tracking.close_stale_runs(
-        target, meta["parent_run_id"], status="KILLED", reason="the study driver stopped"
-    )
+    tracking.close_stale_runs(target, meta["parent_run_id"], status="KILLED", reason="the study driver stopped")
 
     def restore(trainable: Any, callback: Any) -> Any:
         try:
@@ -514,9 +514,7 @@ def _fit(
     return outcome
 
 
-def _outcome(
-    spec: StudySpec, study_dir: Path, meta: dict[str, Any], target: tracking.TrackingTarget
-) -> StudyOutcome:
+def _outcome(spec: StudySpec, study_dir: Path, meta: dict[str, Any], target: tracking.TrackingTarget) -> StudyOutcome:
     """Reads the study's trials back from MLflow, computes the front and writes front.csv/png."""
     objectives = _objectives(spec)
     trials = tracking.read_trials(target, meta["parent_run_id"])
@@ -527,9 +525,7 @@ def _outcome(
     lead += ["on_front", "pareto_rank", "status"]
     first = list(dict.fromkeys(c for c in lead if c in trials.columns))
     trials = trials[first + [c for c in trials.columns if c not in first]]
-    latest = (
-        trials.drop_duplicates("trial_id", keep="last") if len(trials) else trials
-    )  # retries: last attempt
+    latest = trials.drop_duplicates("trial_id", keep="last") if len(trials) else trials  # retries: last attempt
     total = int(meta["num_trials"])
     finished = int((latest["status"] == "FINISHED").sum())
     failed = int((latest["status"] == "FAILED").sum())
@@ -540,9 +536,7 @@ def _outcome(
         "unfinished": max(0, total - finished - failed),
         "runs": len(trials),
     }
-    files = report.write_front(
-        trials, objectives, study_dir, title=f"{spec.name}: {finished} finished trials"
-    )
+    files = report.write_front(trials, objectives, study_dir, title=f"{spec.name}: {finished} finished trials")
     files["spec.yaml"] = study_dir / SPEC_FILE
     return StudyOutcome(
         name=spec.name,

@@ -1,0 +1,247 @@
+"""Speed of the Krotov–Hopfield update on the thesis's CIFAR-10 shapes, against the machine's matmul.
+
+    python scripts/bench_rule.py [--device cpu|cuda] [--quick]
+
+For F ∈ {400, 100} filters and w ∈ {4, 8} (C = 3, batches of 1000 random 32×32 images in [0, 1]) it
+times hebbrobust's `batch` update (one update from all B·P patches) and `position` update (one per
+patch position, the thesis's semantics) and prints, side by side and measured in the same run:
+
+- GFLOP/s of the update, counting 4·B·N·F FLOPs per update from B patches (the two GEMMs of the dense
+  formula), and the same machine's dense fp32 torch.mm rate on those two GEMMs for blocks of patches;
+- the speed-up over (a) Krotov's rule restated in float64 numpy (dense: the full g matrix, two GEMMs)
+  and (b) a straightforward per-position loop (dense torch krotov_delta + apply_update per position),
+  all on identical tensors; "err" is the largest difference of our step from (a)'s, relative to the step.
+
+An epoch is 50 batches (CIFAR-10's 50 000 images). Position updates and the references are timed on a
+few positions or patches and extrapolated; the table says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from hebbrobust.rules.krotov import (
+    apply_update,
+    extract_patches,
+    init_weights,
+    krotov_delta,
+    update_batch,
+    update_positions,
+)
+
+BATCHES_PER_EPOCH = 50  # CIFAR-10: 50 000 training images in batches of 1000
+CHECK_LR = 0.25  # agreement checks use a step that float32 weights of size ~3 resolve to ~1e-6
+
+
+def numpy_reference(W: np.ndarray, V: np.ndarray, p: float, k: int, delta: float) -> np.ndarray:
+    """ΔW of SCIENCE.md §2 in float64 numpy, as Krotov's notebook computes it: full g, two GEMMs."""
+    Wp = np.sign(W) * np.abs(W) ** (p - 1)  # (F, N)
+    I = V @ Wp.T  # (B, F)
+    order = np.argsort(-I, axis=1)
+    g = np.zeros_like(I)
+    rows = np.arange(len(V))
+    g[rows, order[:, 0]] = 1.0
+    g[rows, order[:, k - 1]] = -delta
+    return g.T @ V - (g * I).sum(0)[:, None] * W
+
+
+def numpy_step(W: np.ndarray, V: np.ndarray, p: float, k: int, delta: float, lr: float) -> np.ndarray:
+    dW = numpy_reference(W, V, p, k, delta)
+    return W + lr * dW / max(np.abs(dW).max(), 1e-30)
+
+
+def timed(fn: Callable[[], object], reps: int, device: torch.device) -> float:
+    """The fastest of `reps` runs, in seconds (the machine may be shared)."""
+    best = float("inf")
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_rate(V: torch.Tensor, W: torch.Tensor, block: int, reps: int) -> float:
+    """GFLOP/s of the dense formula's two fp32 GEMMs, I = V·Wᵀ (block, F) and gᵀV (F, N), on blocks."""
+    blocks = [V[i : i + block] for i in range(0, min(len(V), 8 * block), block)]
+    blocks = [b for b in blocks if len(b) == block]
+    g = torch.randn(block, W.shape[0], device=W.device)
+
+    def run() -> None:
+        for b in blocks:
+            torch.mm(b, W.T)
+            torch.mm(g.T, b)
+
+    return 4 * block * len(blocks) * V.shape[1] * W.shape[0] / timed(run, reps, W.device) / 1e9
+
+
+def blas_note() -> str:
+    parts = [f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    try:
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            if info.get("user_api") == "blas":
+                lib = os.path.basename(info.get("filepath", ""))
+                if "numpy" in info.get("filepath", "") or "scipy_openblas" in lib or "openblas" in lib:
+                    arch = info.get("architecture", "?")
+                    parts.append(
+                        f"numpy BLAS {info.get('internal_api')} {info.get('version')} "
+                        f"({arch}, {info.get('num_threads')} threads)"
+                    )
+                    break
+    except ImportError:
+        parts.append("numpy BLAS: see numpy.show_config()")
+    core = os.environ.get("OPENBLAS_CORETYPE")
+    if core:
+        parts.append(f"OPENBLAS_CORETYPE={core}")
+    return "; ".join(parts)
+
+
+def bench_shape(
+    F_: int, w: int, images: torch.Tensor, args: argparse.Namespace, device: torch.device
+) -> list[dict[str, object]]:
+    p, k, delta, lr = args.p, args.k, args.delta, 1e-3
+    reps = 1 if args.quick else 3
+    B = images.shape[0]
+    N = 3 * w * w
+    W0 = init_weights(F_, N, seed=0, device=device)
+
+    t_extract = timed(lambda: extract_patches(images, w, p), reps, device)
+    patches = extract_patches(images, w, p)  # (B, P, N)
+    P = patches.shape[1]
+    V = patches.view(-1, N)  # (B·P, N)
+    mm = matmul_rate(V, W0, 4096, reps)
+    rows: list[dict[str, object]] = []
+
+    # ---- batch: one update from all B·P patches
+    t_batch = timed(lambda: update_batch(W0.clone(), V, p=p, k=k, delta=delta, lr=lr), reps, device)
+    S = min(len(V), args.ref_patches)  # the numpy reference runs on the first S patches
+    Vs = V[:S]
+    Wn, Vn = W0.double().cpu().numpy(), Vs.double().cpu().numpy()
+    t_ref = timed(lambda: numpy_step(Wn, Vn, p, k, delta, lr), 1, torch.device("cpu"))
+    ours_S = W0.clone()
+    t_ours_S = timed(lambda: update_batch(ours_S.copy_(W0), Vs, p=p, k=k, delta=delta, lr=lr), reps, device)
+    update_batch(ours_S.copy_(W0), Vs, p=p, k=k, delta=delta, lr=CHECK_LR)  # a step float32 W resolves
+    err = np.abs(ours_S.double().cpu().numpy() - numpy_step(Wn, Vn, p, k, delta, CHECK_LR)).max() / CHECK_LR
+    flops = 4 * len(V) * N * F_
+    rows.append(
+        dict(
+            shape=f"F={F_} w={w} N={N}",
+            sem="batch",
+            update=f"{t_batch:.3f} s",
+            epoch=BATCHES_PER_EPOCH * (t_batch + t_extract),
+            gflops=flops / t_batch / 1e9,
+            mm=mm,
+            vs_numpy=t_ref / t_ours_S,
+            ref_note=f"{S} patches",
+            err=err,
+        )
+    )
+
+    # ---- position: one update per position from the B patches there, sequential
+    J = min(P, args.positions)
+    W = W0.clone()
+    t_pos = timed(lambda: update_positions(W.copy_(W0), patches[:, :J], p=p, k=k, delta=delta, lr=lr), reps, device)
+    per_pos = t_pos / J
+    Jn = min(P, args.loop_positions)
+
+    def naive_loop() -> None:
+        Wl = W0.clone()
+        for j in range(Jn):
+            apply_update(Wl, krotov_delta(Wl, patches[:, j], p=p, k=k, delta=delta), lr)
+
+    per_pos_loop = timed(naive_loop, 1, device) / Jn
+    Wn_pos = W0.double().cpu().numpy()
+    Vj = [patches[:, j].double().cpu().numpy() for j in range(Jn)]
+
+    def numpy_positions() -> None:
+        Wr = Wn_pos
+        for j in range(Jn):
+            Wr = numpy_step(Wr, Vj[j], p, k, delta, lr)
+
+    per_pos_ref = timed(numpy_positions, 1, torch.device("cpu")) / Jn
+    Wr, Wo = Wn_pos, W0.clone()
+    for j in range(Jn):  # agreement over the same positions
+        Wr = numpy_step(Wr, Vj[j], p, k, delta, CHECK_LR)
+    update_positions(Wo, patches[:, :Jn], p=p, k=k, delta=delta, lr=CHECK_LR)
+    err_pos = np.abs(Wo.double().cpu().numpy() - Wr).max() / (CHECK_LR * Jn)
+    rows.append(
+        dict(
+            shape="",
+            sem="position",
+            update=f"{per_pos * 1e3:.2f} ms",
+            epoch=BATCHES_PER_EPOCH * (P * per_pos + t_extract),
+            gflops=4 * B * N * F_ / per_pos / 1e9,
+            mm=mm,
+            vs_numpy=per_pos_ref / per_pos,
+            vs_loop=per_pos_loop / per_pos,
+            loop_epoch=BATCHES_PER_EPOCH * (P * per_pos_loop + t_extract),
+            ref_note=f"{J}/{Jn} of {P} pos",
+            err=err_pos,
+        )
+    )
+    rows[0]["vs_loop"] = rows[1]["loop_epoch"] / rows[0]["epoch"]  # type: ignore[operator]
+    rows[0]["loop_epoch"] = rows[1]["loop_epoch"]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--quick", action="store_true", help="one repetition, fewer positions and reference patches")
+    ap.add_argument("--p", type=float, default=4.0, help="Lebesgue power (thesis best: 4)")
+    ap.add_argument("--k", type=int, default=5, help="ranking index (thesis best: 5)")
+    ap.add_argument("--delta", type=float, default=0.1, help="anti-Hebbian strength (thesis: 0.1)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    args = ap.parse_args()
+    args.positions = 20 if args.quick else 60
+    args.loop_positions = 5 if args.quick else 15
+    args.ref_patches = 30_000 if args.quick else 100_000
+    batch = 1000
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, 32, 32, generator=gen).to(device)  # (B, C, H, W) in [0, 1]
+
+    print(f"Krotov-Hopfield update, p={args.p} k={args.k} Δ={args.delta}, batch {batch} random 32x32x3 images")
+    print(f"device {device}; {blas_note()}; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rows: list[dict[str, object]] = []
+    for F_, w in [(400, 4), (400, 8), (100, 4), (100, 8)]:
+        rows += bench_shape(F_, w, images, args, device)
+
+    head = (
+        f"{'shape':<18}{'semantics':<10}{'update':>10}{'s/epoch':>9}{'GFLOP/s':>9}{'mm GF/s':>9}"
+        f"{'ratio':>7}{'x numpy':>9}{'x loop':>8}{'loop s/ep':>10}{'err':>9}  reference on"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['shape']:<18}{r['sem']:<10}{r['update']:>10}{r['epoch']:>9.1f}{r['gflops']:>9.1f}"
+            f"{r['mm']:>9.1f}{r['gflops'] / r['mm']:>7.2f}{r['vs_numpy']:>9.1f}{r['vs_loop']:>8.1f}"  # type: ignore[operator]
+            f"{r['loop_epoch']:>10.0f}{r['err']:>9.1e}  {r['ref_note']}"
+        )
+    print(
+        f"update: one batch update, or one position update (timed on the first positions of a batch).\n"
+        f"s/epoch: {BATCHES_PER_EPOCH} batches incl. patch extraction; position and loop epochs are "
+        f"extrapolated from the timed positions. ratio: GFLOP/s / mm GF/s (dense fp32 GEMMs on blocks of\n"
+        f"4096 patches). x numpy: vs float64 numpy, timed on the patches in the last column (batch) or the "
+        f"same positions; x loop: vs dense torch krotov_delta + apply_update per position (for `batch`: its\n"
+        f"epoch over ours, different semantics). err: max |our step - numpy step| / step, at lr {CHECK_LR}. "
+        f"load {os.getloadavg()[0]:.1f} at the end."
+    )
+
+
+if __name__ == "__main__":
+    main()

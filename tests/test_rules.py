@@ -1,0 +1,339 @@
+"""The Krotov–Hopfield rule against a plain float64 numpy restatement of SCIENCE.md §2, the fast updates
+against the dense formula, and the invariants the rule must keep."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hebbrobust.config import RuleConfig
+from hebbrobust.rules import krotov
+from hebbrobust.rules._base import LocalRule
+from hebbrobust.rules.krotov import (
+    apply_update,
+    extract_patches,
+    init_weights,
+    krotov_delta,
+    lr_at,
+    normalize_patches,
+    train_step,
+    update_batch,
+    update_positions,
+)
+
+# --------------------------------------------------------------------------- the reference
+
+
+def reference_delta(W: np.ndarray, V: np.ndarray, p: float, k: int, delta: float) -> np.ndarray:
+    """SCIENCE.md §2 steps 1-3 in float64 numpy, dense, as Krotov's notebook computes it."""
+    Wp = np.sign(W) * np.abs(W) ** (p - 1)  # (F, N)
+    I = V @ Wp.T  # (B, F) currents
+    order = np.argsort(-I, axis=1, kind="stable")  # best first
+    g = np.zeros_like(I)
+    rows = np.arange(len(V))
+    g[rows, order[:, 0]] = 1.0
+    g[rows, order[:, k - 1]] = -delta
+    return g.T @ V - (g * I).sum(0)[:, None] * W  # (F, N)
+
+
+def reference_decay(W: np.ndarray, V: np.ndarray, p: float, k: int, delta: float) -> np.ndarray:
+    """Σ_b g_bμ I_bμ per unit, (F,)."""
+    Wp = np.sign(W) * np.abs(W) ** (p - 1)
+    I = V @ Wp.T
+    order = np.argsort(-I, axis=1, kind="stable")
+    rows = np.arange(len(V))
+    d = np.zeros(W.shape[0])
+    np.add.at(d, order[:, 0], I[rows, order[:, 0]])
+    np.add.at(d, order[:, k - 1], -delta * I[rows, order[:, k - 1]])
+    return d
+
+
+def pnorm(x: torch.Tensor, p: float) -> torch.Tensor:
+    return x.double().abs().pow(p).sum(-1).pow(1 / p)
+
+
+def random_problem(F_: int, N: int, B: int, p: float, seed: int, signed: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(F_, N, generator=gen)
+    x = torch.rand(B, N, generator=gen)
+    if signed:
+        x -= 0.3
+    return W, normalize_patches(x, p)
+
+
+def assert_close(got: torch.Tensor, want: np.ndarray | torch.Tensor, rel: float = 1e-5) -> None:
+    want = np.asarray(want, dtype=np.float64)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=rel, atol=rel * np.abs(want).max())
+
+
+CASES = [(2.0, 2, 0.4), (3.0, 2, 0.0), (4.5, 5, 0.1), (6.0, 3, 1.0), (1.5, 7, 0.3)]
+
+
+# --------------------------------------------------------------------------- the formula
+
+
+@pytest.mark.parametrize(("p", "k", "delta"), CASES)
+def test_krotov_delta_matches_the_numpy_reference(p: float, k: int, delta: float) -> None:
+    W, V = random_problem(20, 27, 64, p, seed=k, signed=True)
+    got = krotov_delta(W, V, p=p, k=k, delta=delta)
+    assert got.shape == W.shape and got.dtype == torch.float32
+    assert_close(got, reference_delta(W.double().numpy(), V.double().numpy(), p, k, delta))
+
+
+def test_rank_must_lie_between_2_and_the_number_of_filters() -> None:
+    W, V = random_problem(4, 6, 8, 3.0, seed=0)
+    for k in (1, 5):
+        with pytest.raises(ValueError, match="rule.k"):
+            krotov_delta(W, V, p=3.0, k=k, delta=0.4)
+        with pytest.raises(ValueError, match="rule.k"):
+            update_batch(W, V, p=3.0, k=k, delta=0.4, lr=0.1)
+    with pytest.raises(ValueError, match="rule.normalize"):
+        update_batch(W, V, p=3.0, k=2, delta=0.4, lr=0.1, normalize="row")
+
+
+def test_update_direction_is_tangent_to_the_unit_sphere() -> None:
+    """Σ_i Wᵖ_μi ΔW_μi = d_μ (1 - ‖W_μ‖_p^p) for any W: rows on the unit p-sphere move along it, rows
+    off it move towards it when they win (d_μ > 0). The invariant behind the thesis's convergence test."""
+    p, k, delta = 3.0, 3, 0.4
+    W, V = random_problem(12, 10, 200, p, seed=3)
+    dW = krotov_delta(W, V, p=p, k=k, delta=delta).double()
+    Wd = W.double()
+    lhs = (Wd.sign() * Wd.abs() ** (p - 1) * dW).sum(1)
+    d = reference_decay(Wd.numpy(), V.double().numpy(), p, k, delta)
+    rhs = d * (1 - Wd.abs().pow(p).sum(1).numpy())
+    np.testing.assert_allclose(lhs.numpy(), rhs, rtol=1e-4, atol=1e-4 * np.abs(rhs).max())
+    U = W / pnorm(W, p).float().unsqueeze(1)  # the same rows scaled onto the sphere
+    dU = krotov_delta(U, V, p=p, k=k, delta=delta).double()
+    Ud = U.double()
+    along = (Ud.sign() * Ud.abs() ** (p - 1) * dU).sum(1)
+    assert along.abs().max() < 1e-5 * dU.abs().max()
+
+
+def test_a_converged_filter_set_is_a_fixed_point_of_the_hebbian_term() -> None:
+    """Rows = distinct non-negative unit-p-norm patches, data = those patches. By Hölder each patch's top
+    unit is its own row with current exactly 1, so its Hebbian term v - 1·W_μ vanishes: with Δ = 0,
+    ΔW = 0. The anti-Hebbian push (Δ > 0) moves the k-th unit off its patch, but only along the sphere.
+    (apply_update divides by max|ΔW|, so a ΔW of rounding noise would still move W by η: the invariant
+    is ΔW ≈ 0, not W unchanged.)"""
+    p, F_, N = 4.0, 8, 12
+    gen = torch.Generator().manual_seed(7)
+    W = normalize_patches(torch.rand(F_, N, generator=gen) ** 3, p)  # (F, N) ≥ 0, ‖W_μ‖_p = 1
+    V = W[torch.randint(0, F_, (256,), generator=gen)]  # every patch is one of the rows
+    hebb = krotov_delta(W, V, p=p, k=2, delta=0.0)
+    scale = V.abs().sum(0).max()  # the size of gᵀV before it cancels
+    assert hebb.abs().max() < 1e-5 * scale
+    anti = krotov_delta(W, V, p=p, k=2, delta=0.4)
+    assert anti.abs().max() > 1e-2 * scale  # not a fixed point once Δ > 0 …
+    along = (W.double() ** (p - 1) * anti.double()).sum(1)
+    assert along.abs().max() < 1e-5 * anti.abs().max()  # … but the norms stay put
+
+
+def test_winning_units_converge_to_unit_p_norm() -> None:
+    """Training on random positive data with a small decaying rate: the units that win the data end on
+    the unit p-sphere with positive weights (units that stop winning early keep whatever norm they had:
+    with Δ = 0 a unit that never wins is never updated)."""
+    p, F_, N = 3.0, 6, 8
+    W = init_weights(F_, N, seed=2)
+    gen = torch.Generator().manual_seed(2)
+    data = normalize_patches(torch.rand(4096, N, generator=gen), p)
+    assert (pnorm(W, p) - 1).abs().min() > 0.05  # none starts on the sphere
+    steps = 800
+    for t in range(steps):
+        V = data[torch.randint(0, len(data), (64,), generator=gen)]
+        update_batch(W, V, p=p, k=2, delta=0.0, lr=0.02 * (1 - t / steps) + 1e-3)
+    wins = torch.bincount((data @ krotov.power_weights(W, p).T).argmax(1), minlength=F_)
+    winners = wins > 0.01 * len(data)
+    assert winners.sum() >= 3
+    assert torch.all((pnorm(W[winners], p) - 1).abs() < 2e-3), pnorm(W, p)
+    assert torch.all(W[winners] > 0)  # converged filters are positive (the thesis's criterion)
+
+
+# --------------------------------------------------------------------------- the fast updates
+
+
+@pytest.mark.parametrize(
+    ("F_", "N", "p", "k", "delta"),
+    [(24, 27, 3.0, 2, 0.4), (400, 48, 4.0, 5, 0.1), (100, 12, 2.0, 2, 0.0), (64, 9, 6.0, 6, 1.0), (5, 8, 3.0, 4, 0.4)],
+)
+@pytest.mark.parametrize("normalize", ["global", "per_filter"])
+def test_update_batch_equals_the_dense_update(
+    F_: int, N: int, p: float, k: int, delta: float, normalize: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(krotov, "CHUNK_CURRENTS", 256 * F_)  # several blocks of 256 and a partial one
+    W, V = random_problem(F_, N, 1000, p, seed=F_ + k)
+    want = W.clone()
+    apply_update(want, krotov_delta(W, V, p=p, k=k, delta=delta), 0.05, normalize)
+    got = W.clone()
+    update_batch(got, V, p=p, k=k, delta=delta, lr=0.05, normalize=normalize)
+    assert_close(got - W, want - W)
+
+
+def test_update_batch_is_exact_on_ties_and_near_ties() -> None:
+    """All-zero patches tie every unit; unit 0 is a copy of unit 1 with one weight larger by 2^-16, so it
+    beats unit 1 by less than the ranking keys resolve (they give some mantissa bits to ids). Dyadic
+    values with p = 2 make every current exact in float32, so the right order is not in doubt."""
+    gen = torch.Generator().manual_seed(11)
+    F_, N = 40, 16
+    W = torch.randint(0, 1 << 10, (F_, N), generator=gen) / 2.0**10  # (F, N) in [0, 1)
+    W[1] = 0.5 + W[1] / 2  # unit 1 (and its copy) win most patches
+    W[0] = W[1]
+    W[0, 3] += 2.0**-16
+    V = torch.randint(1, 16, (600, N), generator=gen) / 16.0  # (B, N) unnormalised: currents stay exact
+    V[:20] = 0
+    I = V.double() @ W.double().T
+    assert torch.equal((V @ W.T).double(), I)  # float32 currents are exact
+    assert (I.argmax(1)[20:] == 0).float().mean() > 0.5  # many patches hinge on the near-tie
+    for k in (2, 3):
+        want = reference_delta(W.double().numpy(), V.double().numpy(), 2.0, k, 0.4)
+        assert_close(krotov_delta(W, V, p=2.0, k=k, delta=0.4), want)
+        got = W.clone()
+        update_batch(got, V, p=2.0, k=k, delta=0.4, lr=0.05)
+        assert_close(got - W, 0.05 * want / np.abs(want).max())
+
+
+def test_update_positions_equals_one_dense_update_per_position() -> None:
+    p, k, delta = 4.0, 3, 0.4
+    gen = torch.Generator().manual_seed(5)
+    W = torch.randn(30, 12, generator=gen)
+    patches = normalize_patches(torch.rand(16, 9, 12, generator=gen), p)  # (B, P, N)
+    want = W.clone()
+    for j in range(patches.shape[1]):
+        apply_update(want, krotov_delta(want, patches[:, j], p=p, k=k, delta=delta), 0.01)
+    got = W.clone()
+    update_positions(got, patches, p=p, k=k, delta=delta, lr=0.01)
+    assert_close(got - W, want - W)
+
+
+def test_apply_update_normalises_by_the_global_or_per_filter_max() -> None:
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(5, 7, generator=gen)
+    dw = torch.randn(5, 7, generator=gen) * torch.tensor([1.0, 10.0, 0.1, 3.0, 0.0]).unsqueeze(1)
+    dw_before = dw.clone()
+    g = W.clone()
+    apply_update(g, dw, 0.25, "global")
+    step = (g - W).double()
+    assert step.abs().max().item() == pytest.approx(0.25, rel=1e-5)
+    assert_close(step, 0.25 * dw.double() / dw.abs().max())
+    f = W.clone()
+    apply_update(f, dw, 0.25, "per_filter")
+    row_max = (f - W).double().abs().amax(1)
+    assert row_max[:4] == pytest.approx([0.25] * 4, rel=1e-5)
+    assert row_max[4] == 0  # a zero row stays put (divided by 1e-30, not by 0)
+    assert torch.equal(dw, dw_before)
+    z = W.clone()
+    apply_update(z, torch.zeros_like(W), 0.25)
+    assert torch.equal(z, W)
+
+
+def test_train_step_extracts_patches_and_dispatches_on_semantics() -> None:
+    gen = torch.Generator().manual_seed(9)
+    images = torch.rand(4, 3, 7, 7, generator=gen)
+    W = init_weights(10, 3 * 3 * 3, seed=1)
+    for semantics in ("batch", "position"):
+        cfg = RuleConfig(p=3.0, k=3, delta=0.2, semantics=semantics, normalize="per_filter")
+        got = W.clone()
+        train_step(got, images, cfg, lr=0.01)
+        want = W.clone()
+        patches = extract_patches(images, 3, 3.0)
+        args = dict(p=3.0, k=3, delta=0.2, lr=0.01, normalize="per_filter")
+        if semantics == "batch":
+            update_batch(want, patches.view(-1, 27), **args)  # type: ignore[arg-type]
+        else:
+            update_positions(want, patches, **args)  # type: ignore[arg-type]
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="C·w·w"):
+        train_step(init_weights(10, 26, seed=1), images, RuleConfig(), lr=0.01)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_update_batch_on_cuda_matches_cpu() -> None:
+    W, V = random_problem(400, 48, 5000, 4.0, seed=0)
+    cpu = W.clone()
+    update_batch(cpu, V, p=4.0, k=5, delta=0.1, lr=0.05)
+    gpu = W.cuda()
+    update_batch(gpu, V.cuda(), p=4.0, k=5, delta=0.1, lr=0.05)
+    assert_close(gpu.cpu() - W, cpu - W, rel=1e-4)
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def test_extract_patches_matches_unfold_and_conv2d_ordering() -> None:
+    p, w = 3.0, 3
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 7, 6, generator=gen)
+    images[1, :, :4, :4] = 0  # some all-zero patches
+    got = extract_patches(images, w, p)
+    assert got.shape == (2, 5 * 4, 27) and got.is_contiguous()
+    raw = F.unfold(images, w).transpose(1, 2).double()  # (B, P, N)
+    norm = raw.abs().pow(p).sum(-1, keepdim=True).pow(1 / p)
+    want = raw / torch.where(norm < 1e-7, torch.ones_like(norm), norm)
+    assert_close(got, want)
+    # N is ordered like a conv weight (F, C, w, w).reshape(F, -1); P row-major over positions:
+    # conv2d(x, W) = (patches @ Wᵀ)·‖patch‖_p, the window norm taken from a ones-kernel conv (§1).
+    Wk = torch.randn(5, 3, w, w, generator=gen)
+    conv = F.conv2d(images, Wk).flatten(2).transpose(1, 2)  # (B, P, F)
+    window = F.conv2d(images.abs() ** p, torch.ones(1, 3, w, w)).flatten(2).transpose(1, 2) ** (1 / p)
+    window = torch.where(window < 1e-7, torch.ones_like(window), window)
+    assert_close(got @ Wk.reshape(5, -1).T * window, conv.double())
+
+
+def test_normalize_patches_divides_by_one_below_the_floor() -> None:
+    v = torch.tensor([[0.0, 0.0, 0.0], [5e-8, 0.0, 0.0], [2e-7, 0.0, 0.0], [3.0, -4.0, 1.0]])
+    before = v.clone()
+    out = normalize_patches(v, 2.0)
+    assert torch.equal(v, before)  # pure
+    assert torch.equal(out[:2], v[:2])
+    assert pnorm(out[2:], 2.0).tolist() == pytest.approx([1.0, 1.0], rel=1e-6)
+    assert out[3].tolist() == pytest.approx((v[3] / math.sqrt(26)).tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 4.5, 6.0, 12.0, 32.0])
+def test_normalize_patches_reaches_unit_norm_for_dark_and_bright_patches(p: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    v = torch.rand(6, 48, generator=gen) * torch.tensor([1e-3, 0.01, 0.05, 1.0, 10.0, 300.0]).unsqueeze(1)
+    assert pnorm(normalize_patches(v, p), p).tolist() == pytest.approx([1.0] * 6, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- schedule and init
+
+
+@pytest.mark.parametrize(
+    ("schedule", "half", "end"),
+    [
+        ("const", 0.1, 0.1),
+        ("linear", 0.05, 0.0),
+        ("cosine", 0.05, 0.0),
+        ("exp", 0.1 * math.exp(-1.0), 0.1 * math.exp(-2.0)),
+        ("step", 0.1 * 0.5, 0.1 * 0.5**3),  # ⌊5/3⌋ = 1, ⌊10/3⌋ = 3
+    ],
+)
+def test_lr_schedules(schedule: str, half: float, end: float) -> None:
+    cfg = RuleConfig(lr=0.1, schedule=schedule, epochs=10, tau=2.0, gamma=0.5, step_size=3)
+    assert lr_at(0, 10, cfg) == pytest.approx(0.1)
+    assert lr_at(5, 10, cfg) == pytest.approx(half)
+    assert lr_at(10, 10, cfg) == pytest.approx(end, abs=1e-12)
+    assert lr_at(0, 0, cfg) == pytest.approx(0.1)
+
+
+def test_init_weights_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    state = torch.get_rng_state()
+    a = init_weights(7, 12, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.shape == (7, 12) and a.dtype == torch.float32
+    assert torch.equal(a, init_weights(7, 12, seed=3))
+    assert not torch.equal(a, init_weights(7, 12, seed=4))
+    assert torch.equal(init_weights(7, 12, seed=3, std=0.5), a * 0.5)
+    big = init_weights(400, 48, seed=0, std=2.0)
+    assert big.mean().abs() < 0.05 and big.std().item() == pytest.approx(2.0, rel=0.03)
+
+
+def test_krotov_module_is_a_local_rule() -> None:
+    assert isinstance(krotov, LocalRule)
+    W, V = random_problem(6, 5, 10, 3.0, seed=0)
+    cfg = RuleConfig(p=3.0, k=3, delta=0.2)
+    assert torch.equal(krotov.delta(W, V, cfg), krotov_delta(W, V, p=3.0, k=3, delta=0.2))
