@@ -215,7 +215,13 @@ def main() -> None:
     images = torch.rand(batch, 3, 32, 32, generator=gen).to(device)  # (B, C, H, W) in [0, 1]
 
     print(f"Krotov-Hopfield update, p={args.p} k={args.k} Δ={args.delta}, batch {batch} random 32x32x3 images")
-    print(f"device {device}; {blas_note()}; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    print(f"device {device}; {blas_note()}; load {load:.1f} on {cores} cores")
+    if device.type == "cpu" and load > 0.5 and args.threads > 1:
+        print(
+            f"warning: the machine is busy; with {args.threads} torch threads every op waits for a descheduled "
+            "thread, so times can be many times too long (--threads 1 is robust to that)"
+        )
     rows: list[dict[str, object]] = []
     for F_, w in [(400, 4), (400, 8), (100, 4), (100, 8)]:
         rows += bench_shape(F_, w, images, args, device)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_study import TINY_BASE, local_ray  # noqa: F401  (the study tests' tiny trial and real local Ray)
 
 from hebbrobust.cache import cached_filters, clear, filter_key, key_hash, list_entries
 from hebbrobust.config import TrialConfig, with_params
@@ -111,3 +112,37 @@ def test_cached_trial_equals_uncached(tmp_path: Path) -> None:
     assert torch.equal(plain.filters, miss.filters) and torch.equal(plain.filters, hit.filters)
     assert hit.metrics["filter_seconds_saved"] > 0
     assert miss.metrics["clean_acc"] == plain.metrics["clean_acc"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_head_only_study_trains_filters_once(local_ray, tmp_path: Path) -> None:  # noqa: F811
+    from hebbrobust.config import StudySpec
+    from hebbrobust.study import run_study
+
+    spec = StudySpec.model_validate({
+        "name": "heads",
+        "base": TINY_BASE,
+        "space": {"model.power": [1, 2, 3, 4]},  # head-only: every trial can share one filter set
+        "objectives": [{"metric": "clean_acc", "mode": "max"}, {"metric": "pgd_acc@2", "mode": "max"}],
+        "sampler": {"name": "grid"},
+        "num_trials": 4,
+        "max_concurrent": 2,
+    })
+    events: list = []
+    outcome = run_study(
+        spec, storage=tmp_path / "studies", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", on_progress=events.append
+    )
+    trials = outcome.trials
+    assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
+    assert sorted(trials["filters_cache_hit"].tolist()) == [0, 1, 1, 1]  # 1 miss, 3 hits
+    assert events[-1].cache_hits == 3
+    cache_dir = outcome.study_dir / "filter-cache"
+    assert len(list_entries(cache_dir)) == 1
+    plain = run_trial(with_params(spec.base, {"attack.enabled": False}))
+    assert plain.filters is not None
+    for trial_id in trials["trial_id"]:
+        state = torch.load(outcome.study_dir / "trials" / trial_id / "model.pt", weights_only=True)
+        assert torch.equal(state["conv_weight"], plain.filters), trial_id
+    changed = run_trial(with_params(spec.base, {"rule.p": 4, "attack.enabled": False}), filter_cache=cache_dir)
+    assert changed.metrics["filters_cache_hit"] == 0 and len(list_entries(cache_dir)) == 2

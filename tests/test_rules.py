@@ -157,7 +157,15 @@ def test_winning_units_converge_to_unit_p_norm() -> None:
 
 @pytest.mark.parametrize(
     ("F_", "N", "p", "k", "delta"),
-    [(24, 27, 3.0, 2, 0.4), (400, 48, 4.0, 5, 0.1), (100, 12, 2.0, 2, 0.0), (64, 9, 6.0, 6, 1.0), (5, 8, 3.0, 4, 0.4)],
+    [
+        (24, 27, 3.0, 2, 0.4),
+        (400, 48, 4.0, 5, 0.1),
+        (100, 12, 2.0, 2, 0.0),  # 100 units in groups of 8: a padded last group
+        (64, 9, 6.0, 6, 1.0),
+        (5, 8, 3.0, 4, 0.4),  # F = k+1: groups of one unit
+        (3, 4, 2.5, 3, 0.4),  # F = k: topk
+        (5000, 4, 3.0, 3, 0.4),
+    ],
 )
 @pytest.mark.parametrize("normalize", ["global", "per_filter"])
 def test_update_batch_equals_the_dense_update(

@@ -238,15 +238,15 @@ class _Workspace:
         if not on_cpu:
             chunk = min(rows, CUDA_CHUNK)
         # groups of s = 2^j units; s ≈ sqrt(F/(k+1)) balances the group maxima against the candidates;
-        # at least k+2 groups
+        # at least the k+1 groups that are popped
         s = 1 << max(0, round(math.log2(max(1.0, math.sqrt(F_ / (k + 1))))))
-        while s > 1 and -(-F_ // s) < k + 2:
+        while s > 1 and -(-F_ // s) < k + 1:
             s //= 2
         G = -(-F_ // s)
         grouped = (
             on_cpu
             and W.dtype == torch.float32
-            and F_ >= k + 2
+            and F_ >= k + 1
             and max((G - 1).bit_length(), ((k + 1) * s - 1).bit_length()) <= PACK_MAX_BITS
         )
         group_ids = torch.arange(G, dtype=torch.int32, device=W.device).unsqueeze(1)
