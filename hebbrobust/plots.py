@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
@@ -84,5 +85,205 @@ def robustness_figure(extras: dict, title: str = "") -> Figure:
         ax.legend(fontsize=7, loc="upper right")
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- study reports
+
+KIND_STYLE = {"local": ("tab:blue", "o"), "backprop": ("tab:orange", "s")}  # model kind -> (colour, marker)
+
+
+def _kind_style(kind: str) -> tuple[str, str]:
+    return KIND_STYLE.get(kind, ("tab:gray", "^"))
+
+
+def _kinds(df: pd.DataFrame, kind: str) -> pd.Series:
+    if kind in df.columns:
+        return df[kind].fillna("?").astype(str)
+    return pd.Series("trial", index=df.index)
+
+
+def _kind_order(kinds: pd.Series) -> list[str]:
+    present = set(kinds)
+    return [k for k in KIND_STYLE if k in present] + sorted(present - set(KIND_STYLE))
+
+
+def _numbers(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+
+
+def pareto_scatter(
+    df: pd.DataFrame,
+    *,
+    y: str,
+    x: str | None = None,
+    x_mode: str = "max",
+    front: str = "on_front",
+    kind: str = "model.kind",
+    label: str | None = "trial_id",
+    step: bool = True,
+    title: str = "",
+) -> Figure:
+    """Every row of `df` as a point of (`x`, `y`) (`y` against row order when `x` is None), model
+    kinds in their own colour and marker; the rows flagged in the bool column `front` ringed, joined
+    by the front's staircase when `step` (the boundary of the region the front dominates: `x_mode`
+    says whether larger x is better) and labelled with their `label` column."""
+    fig, ax = plt.subplots(figsize=(7.2, 5.2))
+    data = df.reset_index(drop=True)
+    xs = _numbers(data[x]) if x is not None else np.arange(len(data), dtype=float)
+    ys = _numbers(data[y])
+    kinds = _kinds(data, kind)
+    for k in _kind_order(kinds):
+        colour, marker = _kind_style(k)
+        part = (kinds == k).to_numpy()
+        ax.scatter(xs[part], ys[part], s=30, alpha=0.65, color=colour, marker=marker, label=f"{k} ({part.sum()})")
+    flagged = data[front].fillna(False).astype(bool).to_numpy() if front in data.columns else np.zeros(len(data), bool)
+    on = flagged & np.isfinite(xs) & np.isfinite(ys)
+    if on.any():
+        order = np.argsort(xs[on], kind="stable")
+        fx, fy = xs[on][order], ys[on][order]
+        ax.scatter(fx, fy, s=110, facecolors="none", edgecolors="black", lw=1.2, label=f"Pareto front ({on.sum()})")
+        if step and x is not None and len(fx) > 1:
+            ax.step(fx, fy, where="pre" if x_mode == "max" else "post", color="black", lw=1, alpha=0.7)
+        if label is not None and label in data.columns:
+            names = data[label].astype(str).to_numpy()[on][order]
+            for px, py, name in zip(fx, fy, names, strict=True):
+                ax.annotate(name, (px, py), xytext=(5, 5), textcoords="offset points", fontsize=7)
+    ax.set_xlabel(x if x is not None else "trial")
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def importance_bars(table: pd.DataFrame, objectives: list[str], title: str = "") -> Figure:
+    """Horizontal bars of `importance` per `param`, one panel per objective, from a long table
+    (objective, param, importance, note); a panel with no importances shows its note instead."""
+    n_params = max(1, table["param"].nunique()) if len(table) else 1
+    fig, axes = plt.subplots(
+        1, len(objectives), figsize=(5.2 * len(objectives), 1.2 + 0.45 * n_params), squeeze=False
+    )
+    for ax, objective in zip(axes.flat, objectives, strict=True):
+        part = table[table["objective"] == objective]
+        values = part.dropna(subset=["importance"]).sort_values("importance")
+        ax.set_title(objective, fontsize=10)
+        if values.empty:
+            notes = [str(n) for n in part["note"].dropna().unique() if n] if "note" in part else []
+            ax.text(0.5, 0.5, "\n".join(notes) or "no importances", ha="center", va="center", wrap=True,
+                    fontsize=9, transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        ax.barh(values["param"].astype(str), values["importance"], color="tab:green", alpha=0.8)
+        ax.set_xlim(0, max(1.0, float(values["importance"].max())))
+        ax.set_xlabel("importance (sums to 1)")
+        ax.grid(axis="x", alpha=0.3)
+        skipped = part[part["importance"].isna()]
+        if len(skipped):
+            ax.text(0.99, 0.01, "not rated: " + ", ".join(skipped["param"].astype(str)), ha="right", va="bottom",
+                    fontsize=7, color="dimgray", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def effects_grid(
+    df: pd.DataFrame,
+    params: list[str],
+    objectives: list[str],
+    *,
+    categorical: set[str] | frozenset[str] = frozenset(),
+    log_scale: set[str] | frozenset[str] = frozenset(),
+    kind: str = "model.kind",
+    title: str = "",
+) -> Figure:
+    """One panel per (parameter, objective): the objective against the parameter, model kinds
+    apart; categorical parameters as a box per choice with the trials jittered over it."""
+    rows, cols = max(1, len(params)), max(1, len(objectives))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 2.9 * rows), squeeze=False)
+    kinds = _kinds(df, kind)
+    order = _kind_order(kinds)
+    jitter = np.random.default_rng(0).uniform(-0.18, 0.18, len(df))
+    for r, param in enumerate(params):
+        for c, objective in enumerate(objectives):
+            ax = axes[r, c]
+            ys = _numbers(df[objective])
+            if param in categorical:
+                choices = list(dict.fromkeys(df[param].dropna().astype(str)))
+                pos = {choice: i for i, choice in enumerate(choices)}
+                xs = np.array([pos.get(str(v), np.nan) if pd.notna(v) else np.nan for v in df[param]], dtype=float)
+                boxes = [ys[(xs == i) & np.isfinite(ys)] for i in range(len(choices))]
+                drawn = [i for i, b in enumerate(boxes) if len(b)]
+                if drawn:
+                    ax.boxplot([boxes[i] for i in drawn], positions=drawn, widths=0.5, showfliers=False,
+                               medianprops={"color": "black"}, boxprops={"color": "gray"})
+                ax.set_xticks(range(len(choices)), choices)
+                ax.set_xlim(-0.6, len(choices) - 0.4)
+                xs = xs + jitter
+            else:
+                xs = _numbers(df[param])
+                if param in log_scale:
+                    ax.set_xscale("log")
+            for k in order:
+                colour, marker = _kind_style(k)
+                part = (kinds == k).to_numpy()
+                ax.scatter(xs[part], ys[part], s=22, alpha=0.7, color=colour, marker=marker, label=k)
+            ax.set_xlabel(param, fontsize=9)
+            ax.set_ylabel(objective, fontsize=9)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.3)
+    if len(order) > 1:
+        axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_by_kind(
+    df: pd.DataFrame, x: str, ys: list[str], *, notes: dict[str, str] | None = None, kind: str = "model.kind",
+    title: str = "",
+) -> Figure:
+    """One panel per column of `ys` against `x`, model kinds apart; `notes[y]` printed in panel y."""
+    fig, axes = plt.subplots(1, max(1, len(ys)), figsize=(5.4 * max(1, len(ys)), 4.4), squeeze=False)
+    kinds = _kinds(df, kind)
+    xs = _numbers(df[x])
+    for ax, y in zip(axes.flat, ys, strict=False):
+        values = _numbers(df[y])
+        for k in _kind_order(kinds):
+            colour, marker = _kind_style(k)
+            part = (kinds == k).to_numpy()
+            ax.scatter(xs[part], values[part], s=28, alpha=0.7, color=colour, marker=marker, label=k)
+        note = (notes or {}).get(y)
+        if note:
+            ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8, family="monospace", va="bottom",
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "lightgray"})
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def image_panels(images: list[np.ndarray], titles: list[str], *, cols: int = 4, title: str = "") -> Figure:
+    """Images (H, W[, C]) side by side, `cols` to a row, each under its title."""
+    n = max(1, len(images))
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.2 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], interpolation="nearest")
+            ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

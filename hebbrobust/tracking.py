@@ -428,3 +428,14 @@ def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
     except MlflowException as e:
         raise _fail("cannot read the trial runs", target.uri, e) from None
     return pd.DataFrame(rows)
+
+
+def log_report(target: TrackingTarget, run_id: str, report_dir: Path, *, artifact_path: str = "report") -> str:
+    """Every file under `report_dir` (subfolders kept) on the run `run_id` under `artifact_path`;
+    returns where MLflow keeps them (the run's artifact URI joined with `artifact_path`)."""
+    client = target.client()
+    try:
+        client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
+        return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    except MlflowException as e:
+        raise _fail(f"cannot log the report to run {run_id}", target.uri, e) from None
