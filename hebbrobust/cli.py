@@ -270,6 +270,30 @@ def study_show(
     _print_outcome(show_study(name, storage=storage))
 
 
+@study_app.command("report")
+@friendly
+def study_report(
+    name: Annotated[str, typer.Argument(help="study name or directory")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="default: <study dir>/report")] = None,
+    storage: StorageOpt = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="read the runs from this MLflow store (default: the study's)")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="html (self-contained page) or md")] = "html",
+) -> None:
+    """Pareto front, importances, effects, front filters and correlations as one page, CSVs and PNGs."""
+    from hebbrobust.report import build_report
+    from hebbrobust.study import find_study_dir
+
+    rep = build_report(find_study_dir(name, storage), out_dir=out_dir, fmt=fmt, tracking_uri=tracking_uri)
+    c, front = rep.counts, int(rep.trials["pareto"].sum())
+    out.print(f"{rep.study.name}: {c['finished']} finished trials, {c['failed']} failed; {front} on the Pareto front")
+    for note in rep.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    out.print(f"wrote {len(rep.files)} files to {rep.out_dir}; open {rep.out_dir / f'report.{fmt}'}")
+    out.print(f"logged to MLflow run {rep.study.parent_run_id}: {rep.artifact_uri}")
+
+
 # --------------------------------------------------------------------------- cache
 
 

@@ -129,7 +129,7 @@ def pareto_scatter(
     kinds in their own colour and marker; the rows flagged in the bool column `front` ringed, joined
     by the front's staircase when `step` (the boundary of the region the front dominates: `x_mode`
     says whether larger x is better) and labelled with their `label` column."""
-    fig, ax = plt.subplots(figsize=(7.2, 5.2))
+    fig, ax = plt.subplots(figsize=(7.2, 5.2), layout="constrained")
     data = df.reset_index(drop=True)
     xs = _numbers(data[x]) if x is not None else np.arange(len(data), dtype=float)
     ys = _numbers(data[y])
@@ -156,7 +156,6 @@ def pareto_scatter(
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
     return fig
 
 
@@ -165,7 +164,7 @@ def importance_bars(table: pd.DataFrame, objectives: list[str], title: str = "")
     (objective, param, importance, note); a panel with no importances shows its note instead."""
     n_params = max(1, table["param"].nunique()) if len(table) else 1
     fig, axes = plt.subplots(
-        1, len(objectives), figsize=(5.2 * len(objectives), 1.2 + 0.45 * n_params), squeeze=False
+        1, len(objectives), figsize=(5.2 * len(objectives), 1.6 + 0.45 * n_params), squeeze=False, layout="constrained"
     )
     for ax, objective in zip(axes.flat, objectives, strict=True):
         part = table[table["objective"] == objective]
@@ -187,7 +186,6 @@ def importance_bars(table: pd.DataFrame, objectives: list[str], title: str = "")
                     fontsize=7, color="dimgray", transform=ax.transAxes)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -204,7 +202,7 @@ def effects_grid(
     """One panel per (parameter, objective): the objective against the parameter, model kinds
     apart; categorical parameters as a box per choice with the trials jittered over it."""
     rows, cols = max(1, len(params)), max(1, len(objectives))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 2.9 * rows), squeeze=False, layout="constrained")
     kinds = _kinds(df, kind)
     order = _kind_order(kinds)
     jitter = np.random.default_rng(0).uniform(-0.18, 0.18, len(df))
@@ -240,7 +238,6 @@ def effects_grid(
         axes[0, 0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -248,8 +245,11 @@ def scatter_by_kind(
     df: pd.DataFrame, x: str, ys: list[str], *, notes: dict[str, str] | None = None, kind: str = "model.kind",
     title: str = "",
 ) -> Figure:
-    """One panel per column of `ys` against `x`, model kinds apart; `notes[y]` printed in panel y."""
-    fig, axes = plt.subplots(1, max(1, len(ys)), figsize=(5.4 * max(1, len(ys)), 4.4), squeeze=False)
+    """One panel per column of `ys` against `x`, model kinds apart; `notes[y]` printed under panel y
+    (save with bbox_inches="tight" to keep it)."""
+    fig, axes = plt.subplots(
+        1, max(1, len(ys)), figsize=(5.4 * max(1, len(ys)), 5.2), squeeze=False, layout="constrained"
+    )
     kinds = _kinds(df, kind)
     xs = _numbers(df[x])
     for ax, y in zip(axes.flat, ys, strict=False):
@@ -259,16 +259,14 @@ def scatter_by_kind(
             part = (kinds == k).to_numpy()
             ax.scatter(xs[part], values[part], s=28, alpha=0.7, color=colour, marker=marker, label=k)
         note = (notes or {}).get(y)
-        if note:
-            ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8, family="monospace", va="bottom",
-                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "lightgray"})
+        if note:  # below the x label: the saved figure's tight bounding box takes it in
+            ax.text(0.0, -0.14, note, transform=ax.transAxes, fontsize=8, family="monospace", va="top")
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -277,7 +275,8 @@ def image_panels(images: list[np.ndarray], titles: list[str], *, cols: int = 4, 
     n = max(1, len(images))
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.2 * rows), squeeze=False)
+    size = (max(7.0, 3.6 * cols), 4.4 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):
@@ -285,5 +284,4 @@ def image_panels(images: list[np.ndarray], titles: list[str], *, cols: int = 4, 
             ax.set_title(titles[i], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig

@@ -430,12 +430,16 @@ def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def log_report(target: TrackingTarget, run_id: str, report_dir: Path, *, artifact_path: str = "report") -> str:
-    """Every file under `report_dir` (subfolders kept) on the run `run_id` under `artifact_path`;
-    returns where MLflow keeps them (the run's artifact URI joined with `artifact_path`)."""
+def log_report(
+    target: TrackingTarget, run_id: str, files: Mapping[str, Path], *, artifact_path: str = "report"
+) -> str:
+    """The report's `files` (relative name such as `filters/x.png` -> path) on the run `run_id` under
+    `artifact_path`, keeping their folders; returns where MLflow keeps them."""
     client = target.client()
     try:
-        client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
+        for name, path in files.items():
+            folder = str(Path(artifact_path) / Path(name).parent)
+            client.log_artifact(run_id, str(path), artifact_path=folder)
         return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
     except MlflowException as e:
         raise _fail(f"cannot log the report to run {run_id}", target.uri, e) from None
