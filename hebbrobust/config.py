@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -118,7 +119,7 @@ class AttackConfig(_Frozen):
 class TrialConfig(_Frozen):
     """One model trained and measured end to end."""
 
-    seed: int = Field(0, ge=0, description="seeds the data subset, filter init and all training")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the data subset, filter init and all training")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -191,12 +192,12 @@ class Objective(_Frozen):
 
 class SamplerConfig(_Frozen):
     name: Literal["tpe", "nsga2", "nsga3", "gp", "random", "grid"] = "tpe"
-    seed: int | None = Field(None, description="sampler seed (None: random)")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="sampler seed (None: random; numpy needs < 2^32)")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the Optuna sampler")
 
 
 class Resources(_Frozen):
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial")
+    cpu: float = Field(1.0, gt=0, le=4096, description="CPUs per trial")
     gpu: Literal["auto"] | float = Field(
         "auto", description="GPUs per trial; auto: 1 when the cluster has GPUs, else 0"
     )
@@ -204,8 +205,8 @@ class Resources(_Frozen):
     @field_validator("gpu")
     @classmethod
     def _gpu(cls, v: Any) -> Any:
-        if v != "auto" and float(v) < 0:
-            raise ValueError("must be 'auto' or a number >= 0")
+        if v != "auto" and not 0 <= float(v) <= 64:
+            raise ValueError("must be 'auto' or a number of GPUs in [0, 64]")
         return v
 
 
@@ -221,7 +222,7 @@ class StudySpec(_Frozen):
     num_trials: int = Field(8, ge=1, le=1_000_000)
     max_concurrent: int = Field(2, ge=1, le=10_000)
     seeds: int = Field(1, ge=1, le=100, description="repeats per configuration, averaged")
-    max_failures: int = Field(0, ge=0, description="retries of a failed trial")
+    max_failures: int = Field(0, ge=0, le=100, description="retries of a failed trial (a crashed worker, a lost node)")
     resources: Resources = Resources()
     tracking_uri: str | None = Field(None, description="MLflow URI (default: sqlite ./mlflow.db)")
     experiment: str | None = Field(None, description="MLflow experiment (default: the study name)")
@@ -278,12 +279,45 @@ def spec_error(path: Path | str | None, err: ValidationError, model: type[BaseMo
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         return SpecError(path, field, "required field is missing")
-    return SpecError(path, field, msg, first.get("input"))
+    return SpecError(path, field, msg, _Abridged(first.get("input")))
+
+
+class _Abridged:
+    """A value as an error line shows it: its repr cut short (huge numbers, long lists, deep nesting)."""
+
+    def __init__(self, value: Any) -> None:
+        short = reprlib.Repr()  # keyword arguments only from Python 3.12
+        short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxlong = 3, 6, 6, 80, 40
+        self.value, self.text = value, short.repr(value)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+MAX_SPEC_BYTES = 1_000_000  # a spec is a page of YAML; anything bigger is a mistake
+MAX_SPEC_VALUES = 100_000  # values after expanding YAML aliases (a "billion laughs" file stops here)
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """Values in a parsed YAML document, counting aliased nodes every time they appear; stops past `limit`."""
+    count, todo = 0, [data]
+    while todo and count <= limit:
+        node = todo.pop()
+        count += 1
+        if isinstance(node, dict):
+            todo.extend(node.keys())
+            todo.extend(node.values())
+        elif isinstance(node, list | tuple):
+            todo.extend(node)
+    return count
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from `path` (safe_load), or a SpecError naming the file."""
+    """A YAML mapping from `path` (safe_load: no Python objects), or a SpecError naming the file."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(path, "(file)", f"{size} bytes; a spec is at most {MAX_SPEC_BYTES} bytes")
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(path, "(file)", f"cannot read: {e.__class__.__name__}: {e}") from None
@@ -292,12 +326,32 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        raise SpecError(path, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise SpecError(path, where, f"not valid YAML: {problem}") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting thousands deep
+        raise SpecError(path, "(file)", f"not a usable spec: {' '.join(str(e).split())[:200]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError(path, "(root)", "must be a YAML mapping", type(data).__name__)
+    if _count_values(data, MAX_SPEC_VALUES) > MAX_SPEC_VALUES:
+        raise SpecError(path, "(file)", f"more than {MAX_SPEC_VALUES} values once YAML aliases are expanded")
     return data
+
+
+def check_data_path(path: Path | str | None, field: str, data: DataConfig) -> None:
+    """Data that must exist before a trial or study starts: an image_folder's train/ and test/.
+    `field` names the data section in the spec (e.g. `base.data`)."""
+    if data.name != "image_folder":
+        return
+    if data.path is None:
+        raise SpecError(path, f"{field}.path", "image_folder needs data.path, a folder holding train/ and test/")
+    root = Path(data.path).expanduser()
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise SpecError(
+                path, f"{field}.path", f"{root / split} is not a directory (data.path must hold train/ and test/)"
+            )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], path: Path | str | None = None) -> dict[str, Any]:
@@ -309,7 +363,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], path: Path | str
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):
             value = raw
         node = out
         parts = key.strip().split(".")

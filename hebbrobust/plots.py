@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def filter_grid(filters: np.ndarray, title: str = "", max_filters: int = 400) -> Figure:
@@ -226,6 +227,9 @@ def effects_grid(
                 xs = _numbers(df[param])
                 if param in log_scale:
                     ax.set_xscale("log")
+                finite = xs[np.isfinite(xs)]
+                if finite.size and np.all(finite == np.round(finite)):  # integer settings: integer ticks
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             for k in order:
                 colour, marker = _kind_style(k)
                 part = (kinds == k).to_numpy()

@@ -9,6 +9,7 @@ Rows with a missing (NaN/None) objective value are never on a front and get no r
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import shutil
@@ -262,6 +263,10 @@ def load_optuna_study(storage_url: str, name: str) -> tuple[Any, str]:
         return None, f"cannot open the Optuna storage {storage_url}: {e.__class__.__name__}: {e}"
 
 
+def _objective_value(index: int, trial: Any) -> float:
+    return float(trial.values[index])
+
+
 def importance_table(
     study: Any, objectives: Objectives, params: Sequence[str], *, min_trials: int = MIN_IMPORTANCE_TRIALS
 ) -> pd.DataFrame:
@@ -297,7 +302,7 @@ def importance_table(
                     study,
                     evaluator=FanovaImportanceEvaluator(seed=0),
                     params=varied,
-                    target=lambda t, i=i: t.values[i],
+                    target=functools.partial(_objective_value, i),
                 )
             except (RuntimeError, ValueError) as e:  # zero variance in every tree, ...
                 reason = "the objective never varied" if "zero total variance" in str(e) else str(e)
@@ -451,7 +456,7 @@ def _fmt(value: Any) -> str:
 
 def _table(df: pd.DataFrame, columns: Sequence[str], links: dict[str, str | None] | None = None) -> _Table:
     """`df[columns]` as a table block; a `run_id` cell links to `links[run_id]` when there is one."""
-    cols = [c for c in columns if c in df.columns]
+    cols = [c for c in dict.fromkeys(columns) if c in df.columns]
     rows = []
     for _, row in df[cols].iterrows():
         cells: list[_Inline] = []
@@ -587,7 +592,9 @@ def _front_filters(table: pd.DataFrame, study: StudyRecord, out_dir: Path, notes
         for old in folder.glob("*.png"):
             old.unlink()
     members = table[table["pareto"]] if "pareto" in table.columns else table.iloc[0:0]
-    images, titles, files = [], [], {}
+    images: list[np.ndarray] = []
+    titles: list[str] = []
+    files: dict[str, Path] = {}
     for i, (_, row) in enumerate(members.iterrows()):
         source = filter_image(study.study_dir, str(row["trial_id"]))
         if source is None:

@@ -45,6 +45,8 @@ ROLE_TAG = "hebbrobust.role"  # "study" (parent) or "trial" (child)
 SEARCHED_TAG = "hebbrobust.params"  # JSON: the searched parameters with their types
 NAMES_TAG = "hebbrobust.metric_names"  # JSON: MLflow metric name -> trial metric name
 REASON_TAG = "hebbrobust.failure_reason"
+NODE_TAG = "hebbrobust.node_id"  # the Ray node a trial attempt ran on
+HOST_TAG = "hebbrobust.host"  # hostname:pid of the worker process
 NONE_TAG_PREFIX = "hebbrobust.none."
 TEXT_TAG_PREFIX = "hebbrobust.text."
 
@@ -238,17 +240,27 @@ def set_run_status(target: TrackingTarget, run_id: str, status: str) -> None:
         raise _fail(f"cannot mark run {run_id} {status}", target.uri, e) from None
 
 
-def close_stale_runs(target: TrackingTarget, parent_run_id: str, *, status: str, reason: str) -> list[str]:
-    """Closes the children of `parent_run_id` still marked RUNNING (their driver is gone, e.g. before
-    a resume) with `status` and the reason tag; returns their ids."""
+def close_stale_runs(
+    target: TrackingTarget,
+    parent_run_id: str,
+    *,
+    status: str,
+    reason: str,
+    trial_id: str | None = None,
+    started_before_ms: int | None = None,
+) -> list[str]:
+    """Closes the children of `parent_run_id` still marked RUNNING (their driver or worker is gone:
+    before a resume, after a worker died) with `status` and the reason tag; only trial `trial_id`'s
+    runs, and only runs started before `started_before_ms` (epoch ms), when given. Returns their ids."""
     client = target.client()
     closed = []
+    where = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    if trial_id is not None:
+        where += f" and tags.`{TRIAL_ID_TAG}` = '{trial_id}'"
+    if started_before_ms is not None:
+        where += f" and attributes.start_time < {int(started_before_ms)}"
     try:
-        for run in client.search_runs(
-            [target.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-            max_results=10_000,
-        ):
+        for run in client.search_runs([target.experiment_id], filter_string=where, max_results=10_000):
             client.set_tag(run.info.run_id, REASON_TAG, reason)
             client.set_terminated(run.info.run_id, status=status)
             closed.append(run.info.run_id)
@@ -409,6 +421,8 @@ def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
                     "run_name": run.info.run_name,
                     "status": run.info.status,
                     "reason": tags.get(REASON_TAG),
+                    "node_id": tags.get(NODE_TAG),
+                    "host": tags.get(HOST_TAG),
                     "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else None,
                     "end_time": pd.to_datetime(run.info.end_time, unit="ms") if run.info.end_time else None,
                 }

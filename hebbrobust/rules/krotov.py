@@ -348,10 +348,13 @@ def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, norma
     F_ = W.shape[0]
     Wp = _power_weights_into(W, ws.p, ws.Wp)  # (F, N)
     H = ws.H.zero_()  # (F, N) accumulates gᵀV
+    # the packed-key ranking assumes finite currents; diverged weights take topk and yield NaN weights,
+    # which training reports as divergence
+    grouped = ws.grouped and bool(torch.isfinite(Wp).all())
     for start in range(0, V.shape[0], ws.chunk):
         Vc = V[start : start + ws.chunk]  # (c, N)
         c = Vc.shape[0]
-        if ws.grouped:
+        if grouped:
             lay = ws.layout(c)
             torch.mm(Wp, Vc.T, out=lay.IT[:F_])  # (F, c) currents
             top, kth = _rank_grouped(lay.IT, Vc, ws, lay)

@@ -6,6 +6,8 @@ the Ray trial gets them back as a flat dict that `config.with_params()` applies 
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,15 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from hebbrobust.config import CategoricalDist, FloatDist, IntDist, StudySpec
+from hebbrobust.config import (
+    CategoricalDist,
+    FloatDist,
+    IntDist,
+    StudySpec,
+    TrialConfig,
+    check_data_path,
+    with_params,
+)
 from hebbrobust.errors import SpecError
 
 GRID_LIMIT = 1_000_000
@@ -131,3 +141,86 @@ def absolute_paths(spec: StudySpec, cwd: Path | None = None) -> StudySpec:
     if data.get("storage") is not None:
         data["storage"] = absolute(data["storage"])
     return StudySpec.model_validate(data)
+
+
+# --------------------------------------------------------------------------- checks before a study starts
+
+
+def trial_metric_names(config: TrialConfig, *, filter_cache: bool = True, seeds: int = 1) -> set[str]:
+    """The numeric metrics a trial of `config` reports (evaluate.py names them; the trainable
+    averages seeds and adds `<name>_std` when seeds > 1). tests/test_reliability.py checks this
+    against a real trial, so a metric added there without being added here is caught."""
+    from hebbrobust import evaluate as ev
+
+    names = {ev.CLEAN_ACC, ev.UNCONVERGED_FRAC, ev.UNCONVERGED_FRAC_NORM_ONLY, ev.TRAIN_SECONDS, "n_train", "n_test"}
+    if config.model.kind == "local":
+        names |= {"filter_seconds"} | ({"filters_cache_hit", "filter_seconds_saved"} if filter_cache else set())
+    if config.attack.enabled:
+        for attack in ev.ATTACKS:
+            for eps in config.attack.eps:
+                names |= {ev.grid_metric(attack, eps), ev.grid_metric(attack, eps, relative=True)}
+            if config.attack.radius_images > 0:
+                names |= {f"{attack}_{key}" for key in ("eps50", "auc", "R", "r2", "unbroken_frac")}
+        names |= {ev.GRID_CLEAN_ACC, ev.GRID_IMAGES, ev.RADIUS_IMAGES, ev.ATTACK_SECONDS}
+        names |= {
+            ev.MASK_PGD_LE_FGSM, ev.MASK_PGD_MINUS_FGSM_MAX, ev.MASK_LARGE_EPS_OK, ev.MASK_LARGE_EPS_ACC,
+            ev.MASK_ZERO_GRAD_OK, ev.MASK_ZERO_GRAD_FRAC, ev.MASK_ALL_OK,
+        }  # fmt: skip
+    if seeds > 1:
+        names |= {f"{name}_std" for name in names}
+    return names
+
+
+_NAME_KEYS = ("model.kind", "attack.enabled")  # searched settings that change which metrics a trial reports
+
+
+def check_objectives(spec: StudySpec, path: Path | str | None = None) -> None:
+    """Every objective must be a metric every trial of the study reports (else each trial would
+    fail at its end); no objective twice."""
+    choices = [
+        [(key, c) for c in dist.choices]
+        for key, dist in spec.space.items()
+        if key in _NAME_KEYS and isinstance(dist, CategoricalDist)
+    ]
+    known: set[str] | None = None
+    for combo in itertools.product(*choices):
+        names = trial_metric_names(
+            with_params(spec.base, dict(combo)), filter_cache=spec.filter_cache, seeds=spec.seeds
+        )
+        known = names if known is None else known & names
+    assert known is not None
+    seen: set[str] = set()
+    for i, objective in enumerate(spec.objectives):
+        field = f"objectives.{i}.metric"
+        if objective.metric in seen:
+            raise SpecError(path, field, "listed twice", objective.metric)
+        seen.add(objective.metric)
+        if objective.metric in known:
+            continue
+        close = difflib.get_close_matches(objective.metric, sorted(known), n=3, cutoff=0.6)
+        attack = spec.base.attack
+        context = (
+            "attack.enabled is false"
+            if not attack.enabled
+            else f"attack.eps is {[float(e) for e in attack.eps]}, attack.radius_images {attack.radius_images}"
+        )
+        raise SpecError(
+            path,
+            field,
+            f"not a metric every trial of this study reports ({context}"
+            + (f"; did you mean {', '.join(close)}?" if close else "; see README, Metric names")
+            + ")",
+            objective.metric,
+        )
+
+
+def check_data_paths(spec: StudySpec, path: Path | str | None = None) -> None:
+    """image_folder data must exist before a study starts: the base trial's and every searched choice's."""
+    names = spec.space.get("data.name")
+    paths = spec.space.get("data.path")
+    name_choices = names.choices if isinstance(names, CategoricalDist) else [spec.base.data.name]
+    path_choices = paths.choices if isinstance(paths, CategoricalDist) else [spec.base.data.path]
+    field = "space.data" if isinstance(paths, CategoricalDist) else "base.data"
+    for name, data_path in itertools.product(name_choices, path_choices):
+        data = spec.base.data.model_copy(update={"name": name, "path": Path(data_path) if data_path else None})
+        check_data_path(path, field, data)

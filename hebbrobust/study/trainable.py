@@ -9,7 +9,9 @@ marks it errored and OptunaSearch tells Optuna FAIL; the study goes on.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import socket
 import statistics
 import traceback
 from collections.abc import Mapping, Sequence
@@ -19,7 +21,7 @@ from typing import Any
 
 from hebbrobust.config import StudySpec, TrialConfig, with_params
 from hebbrobust.errors import TrialError
-from hebbrobust.tracking import TrackingTarget, TrialRun
+from hebbrobust.tracking import HOST_TAG, NODE_TAG, TrackingTarget, TrialRun
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def _trial_name(params: Mapping[str, Any], trial_id: str) -> str:
 
 def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune function trainable (wrapped with `tune.with_parameters(run_study_trial, ctx=...)`)."""
+    import ray
     import torch
     from ray import tune
 
@@ -127,6 +130,8 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tags={
             "hebbrobust.seeds": str(spec.seeds),
             "hebbrobust.trial_dir": str(Path(ctx.study_dir) / "trials" / trial_id),
+            NODE_TAG: ray.get_runtime_context().get_node_id(),
+            HOST_TAG: f"{socket.gethostname()}:{os.getpid()}",
         },
     )
     out_dir = Path(ctx.study_dir) / "trials" / trial_id

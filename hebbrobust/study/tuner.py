@@ -15,14 +15,31 @@ gets neither (else the study silently turns single-objective); FIFO scheduling (
 would put partial values on the front); the GPU request follows `ray.cluster_resources()`; the
 progress callback holds no renderer (Tune pickles callbacks into its state), only the study
 directory under which the driver registered its `on_progress` function.
+
+Failures and resuming. The study's record is Optuna (written by the driver when a trial is asked
+and told) and MLflow (written by the trial itself), never Ray Tune's own state file: Tune snapshots
+that every >= 10 s, so after a crash it lags the other two, and `Tuner.restore` from it would rerun
+trials that had finished (a second FINISHED run) or sample extra ones (more than num_trials
+COMPLETE), and a truncated tuner.pkl (ray issue 58179) would stop the resume outright. So:
+- each Optuna trial carries the Ray Tune trial id (user attr `tune_trial_id`), each MLflow child
+  run the same id (tag `hebbrobust.trial_id`), the Ray node and the worker's host:pid;
+- a trial that raises closes its own run FAILED (reason tag, traceback.txt) and Optuna gets FAIL;
+  a trial whose worker dies (killed, out of memory, node lost) has its run closed FAILED by the
+  driver (`TrialRunCloser`); `max_failures` retries either, each attempt its own MLflow run;
+- `resume_study` first reconciles: runs left RUNNING are closed KILLED; an Optuna trial left
+  RUNNING whose run FINISHED is told COMPLETE with the run's values; one without is marked FAIL
+  (user attr `hebbrobust_cut_off`) and its parameters enqueued to run again. Then a fresh Tuner
+  (Tune experiment `tune-resume-<n>`) runs num_trials - COMPLETE - FAIL(not cut off) more trials
+  against the same Optuna study.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import pickle
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,11 +51,19 @@ from typing import Any
 import pandas as pd
 import yaml
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from hebbrobust import report, tracking
 from hebbrobust.config import StudySpec, load_study
 from hebbrobust.errors import HebbrobustError
-from hebbrobust.study.space import absolute_paths, make_sampler, num_samples, optuna_space
+from hebbrobust.study.space import (
+    absolute_paths,
+    check_data_paths,
+    check_objectives,
+    make_sampler,
+    num_samples,
+    optuna_space,
+)
 from hebbrobust.study.trainable import TrialContext, run_study_trial
 
 log = logging.getLogger(__name__)
@@ -49,6 +74,9 @@ OPTUNA_FILE = "optuna.db"
 TUNE_DIR = "tune"
 DEFAULT_STORAGE = "hebbrobust-studies"
 OBJECT_STORE_BYTES = 200 * 1024**2
+TUNE_TRIAL_ATTR = "tune_trial_id"  # Optuna user attr: the Ray Tune trial that ran this Optuna trial
+CUT_OFF_ATTR = "hebbrobust_cut_off"  # Optuna user attr on a trial failed by a resume: why
+RERUN_ATTR = "hebbrobust_rerun_of"  # Optuna user attr on an enqueued rerun: the cut-off trial's number
 
 
 # --------------------------------------------------------------------------- results
@@ -92,6 +120,7 @@ class StudyOutcome:
     files: dict[str, Path] = field(default_factory=dict)  # spec.yaml, front.csv, front.png, trials.csv
     wall_seconds: float | None = None  # this run/resume call, Ray start-up included
     interrupted: bool = False  # Tune stopped before every trial ended: `study resume` continues
+    resumed: dict[str, int] = field(default_factory=dict)  # what `resume_study` found and fixed (see Resume)
 
     @property
     def mlflow_ui_command(self) -> str:
@@ -118,8 +147,20 @@ class ProgressCallback(tune.Callback):
     """Counts trials and tracks the best objective values; holds only plain data (it is pickled
     into Tune's state) and finds the driver's `on_progress` through the study directory."""
 
-    def __init__(self, study_dir: str, name: str, total: int, objectives: list[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        study_dir: str,
+        name: str,
+        total: int,
+        objectives: list[tuple[str, str]],
+        *,
+        done_before: int = 0,
+        failed_before: int = 0,
+        best_before: Mapping[str, float | None] | None = None,
+    ) -> None:
         self.study_dir, self.name, self.total, self.objectives = study_dir, name, total, objectives
+        self.done_before, self.failed_before = done_before, failed_before  # ended before this (resumed) session
+        self.best_before = dict(best_before or {})
         self._start = time.time()
         self._last: tuple[Any, ...] | None = None
 
@@ -136,15 +177,19 @@ class ProgressCallback(tune.Callback):
                 for t in trials
                 if t.status == "TERMINATED" and isinstance(t.last_result.get(metric), int | float)
             ]
+            if self.best_before.get(metric) is not None:
+                values.append(float(self.best_before[metric]))  # type: ignore[arg-type]
             best[metric] = (max(values) if mode == "max" else min(values)) if values else None
-        known = len(trials)
+        done = self.done_before + states.count("TERMINATED")
+        failed = self.failed_before + states.count("ERROR")
+        running = states.count("RUNNING")
         return StudyProgress(
             name=self.name,
             total=self.total,
-            done=states.count("TERMINATED"),
-            running=states.count("RUNNING"),
-            pending=states.count("PENDING") + states.count("PAUSED") + max(0, self.total - known),
-            failed=states.count("ERROR"),
+            done=done,
+            running=running,
+            pending=max(0, self.total - done - failed - running),
+            failed=failed,
             best=best,
             elapsed_s=time.time() - self._start,
             cache_hits=sum(
