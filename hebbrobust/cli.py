@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hebbrobust.errors import HebbrobustError
@@ -38,7 +38,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override a spec value: dotted.key=value (repeatable)")
 ]
-SpecArg = Annotated[Path, typer.Argument(help="study/trial spec (YAML)", exists=True, dir_okay=False)]
+# not exists=True: a missing or unreadable spec is a one-line error (exit 1) like any other bad spec
+SpecArg = Annotated[Path, typer.Argument(help="study/trial spec (YAML)")]
 
 
 @app.callback()
@@ -68,7 +69,8 @@ class EpochBar:
     """A rich progress bar fed by the library's on_epoch(stage, epoch, total, metrics) callback."""
 
     def __init__(self, progress: Progress) -> None:
-        self.progress, self.tasks = progress, {}  # type: ignore[var-annotated]
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, stage: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
         if stage not in self.tasks:
@@ -108,10 +110,11 @@ def trial_run(
 ) -> None:
     """Train and measure the spec's base trial (its search space is ignored). Every epoch is
     checkpointed under OUT/checkpoints: rerunning the same command resumes a cut-off run."""
-    from hebbrobust.config import load_trial
+    from hebbrobust.config import check_data_path, load_trial
     from hebbrobust.trial import run_trial, save_trial
 
     config = load_trial(spec, set_ or [])
+    check_data_path(spec, "base.data", config.data)
     with _progress() as progress:
         result = run_trial(
             config, on_epoch=EpochBar(progress), filter_cache=filter_cache, checkpoint_dir=out_dir / "checkpoints"
@@ -163,7 +166,8 @@ class StudyBar:
     """Renders the study's progress (trials done/running/failed, best values so far)."""
 
     def __init__(self, progress: Progress) -> None:
-        self.progress, self.task = progress, None  # type: ignore[var-annotated]
+        self.progress = progress
+        self.task: TaskID | None = None
 
     def __call__(self, p: Any) -> None:
         best = "  ".join(f"{k}={v:.4g}" for k, v in p.best.items() if v is not None)
@@ -190,6 +194,12 @@ def _print_outcome(outcome: Any) -> None:
         f"trials: {c.get('finished', 0)} finished, {c.get('failed', 0)} failed, {c.get('unfinished', 0)} unfinished"
         + (f"; wall {outcome.wall_seconds:.0f} s" if outcome.wall_seconds else "")
     )
+    r = getattr(outcome, "resumed", None)
+    if r:
+        out.print(
+            f"resumed: {r['closed_runs']} cut-off runs closed KILLED, {r['recovered']} trials recovered from MLflow, "
+            f"{r['cut_off']} run again, {r['remaining']} still to run at the start"
+        )
     out.print(f"study dir:  {outcome.study_dir}")
     out.print(f"MLflow:     {outcome.tracking_uri}  experiment {outcome.experiment!r}")
     out.print(f"            parent run {outcome.parent_run_id}")
@@ -215,7 +225,7 @@ def study_run(
     from hebbrobust.config import load_study
     from hebbrobust.study import run_study
 
-    sets = (set_ or []) + ([f"num_trials={num_trials}"] if num_trials else [])
+    sets = (set_ or []) + ([f"num_trials={num_trials}"] if num_trials is not None else [])
     study = load_study(spec, sets)
     with _progress() as progress:
         outcome = run_study(

@@ -50,6 +50,7 @@ HOST_TAG = "hebbrobust.host"  # hostname:pid of the worker process
 NONE_TAG_PREFIX = "hebbrobust.none."
 TEXT_TAG_PREFIX = "hebbrobust.text."
 
+_SCHEMES = {"http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-.:/ ]")
 _MAX_PARAM = 6000
 _MAX_TAG = 8000
@@ -86,6 +87,12 @@ def resolve_tracking_uri(uri: str | None = None, *, cwd: Path | None = None) -> 
         rest = rest[2:] if rest.startswith("//") else rest
         return absolute(rest).as_uri()
     if "://" in uri or uri in ("databricks", "databricks-uc"):
+        scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in _SCHEMES:
+            raise HebbrobustError(
+                f"tracking URI {uri!r}: unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, "
+                "http(s)://host:port of an `mlflow server`, or a database URI (postgresql://, mysql://)"
+            )
         return uri
     path = absolute(uri)
     return "sqlite:///" + str(path) if path.suffix == ".db" else path.as_uri()

@@ -144,7 +144,7 @@ def _optimise(
         curves, first = state["curves"], state["epoch"]
     for epoch in range(first, cfg.epochs):
         total_loss, correct = 0.0, 0
-        lr = sched.get_last_lr()[0]
+        lr = float(sched.get_last_lr()[0])
         for idx in _batches(n, cfg.batch_size, gen):
             idx = idx.to(device)
             loss, hits = loss_of(idx)

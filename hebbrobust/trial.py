@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from hebbrobust import plots
-from hebbrobust.cache import cached_filters, filter_key
-from hebbrobust.config import TrialConfig
+from hebbrobust.cache import cached_filters, filter_key, key_hash
+from hebbrobust.config import AttackConfig, TrialConfig
 from hebbrobust.data import load_dataset
 from hebbrobust.errors import TrialError
 from hebbrobust.evaluate import clean_accuracy, evaluate_robustness, filter_convergence
@@ -72,7 +72,10 @@ def run_trial(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     model = build_model(config, data.shape, len(data.classes)).to(device)
-    tag = config.digest()
+    # checkpoints are reusable across changes that do not touch what they hold: the filters' by their
+    # cache key, the head's and the backprop model's by everything but the attack settings
+    filters_tag = key_hash(filter_key(config, data.shape))
+    tag = config.model_copy(update={"attack": AttackConfig(), "device": "auto"}).digest()
 
     def ckpt(stage: str) -> Path | None:
         return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{stage}.pt"
@@ -87,7 +90,7 @@ def run_trial(
             weights = krotov.init_weights(f, c * w * w, seed=config.seed, std=config.rule.init_std).to(device)
             curves = fit_filters_local(
                 weights, x_train, config.rule, kernel=w, tol=config.converge_tol, seed=config.seed,
-                on_epoch=on_epoch, checkpoint=ckpt("filters"), tag=tag,
+                on_epoch=on_epoch, checkpoint=ckpt("filters"), tag=filters_tag,
             )
             return weights, curves
 
@@ -130,7 +133,7 @@ def run_trial(
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:

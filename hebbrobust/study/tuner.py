@@ -232,24 +232,92 @@ class ProgressCallback(tune.Callback):
         self._emit(trials)
 
 
+def _trial_error(trial: Any) -> str:
+    """The first line of the last error Tune recorded for `trial` (its error file), or ''."""
+    try:
+        text = Path(trial.error_file).read_text() if getattr(trial, "error_file", None) else ""
+    except OSError:
+        text = ""
+    last = text.rsplit("Failure # ", 1)[-1].splitlines()[1:]  # the lines after "Failure # n (occurred at ...)"
+    return next((line.strip() for line in last if line.strip()), "")[:500]
+
+
+class TrialRunCloser(tune.Callback):
+    """Closes the MLflow run of a trial attempt that could not close it itself (its worker process
+    died: killed, out of memory, node lost) FAILED, with Tune's error as the reason. A trial that
+    raises has already closed its run; then there is nothing to do. Plain data only (pickled by Tune)."""
+
+    def __init__(self, target: tracking.TrackingTarget, parent_run_id: str) -> None:
+        self.target, self.parent_run_id = target, parent_run_id
+
+    def _close(self, trial: Any, then: str) -> None:
+        error = _trial_error(trial) or "no error recorded"
+        try:
+            tracking.close_stale_runs(
+                self.target,
+                self.parent_run_id,
+                status="FAILED",
+                reason=f"the trial's worker ended without closing its run ({error}){then}",
+                trial_id=str(trial.trial_id),
+                started_before_ms=int(time.time() * 1000) + 1,  # never the retry's own new run
+            )
+        except HebbrobustError:  # the tracking store is away: the study goes on, resume closes it
+            log.exception("could not close the MLflow run of trial %s", trial.trial_id)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._close(trial, f"; retried (failure {trial.num_failures}, max_failures {trial.max_failures})")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._close(trial, "")
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that writes the Ray Tune trial id on each Optuna trial (user attr
+    `tune_trial_id`), so that Optuna trials join the MLflow runs (tag `hebbrobust.trial_id`)."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if params is not None and ot_trial is not None:
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return params  # type: ignore[no-any-return]
+
+
 # --------------------------------------------------------------------------- ray
+
+_ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
+
+def check_address(address: str | None, source: str = "--address") -> None:
+    """A Ray address is host:port of the head's GCS (e.g. 10.0.0.5:6379), ray://host:port, or auto;
+    checked before anything starts."""
+    if address is None or address == "auto":
+        return
+    found = _ADDRESS.match(address)
+    if found is None or not 0 < int(found.group(3)) < 65536:
+        raise HebbrobustError(
+            f"{source} {address!r}: must be host:port of a Ray head node (e.g. 10.0.0.5:6379) or auto"
+        )
 
 
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[dict[str, float]]:
     """Joins the Ray cluster at `address` (or $RAY_ADDRESS), or starts a local Ray sized to this
-    machine (all its CPUs, a 200 MiB object store, no dashboard). Yields the cluster's resources.
+    machine (all its CPUs, a 200 MiB object store, no dashboard) even when a `ray start` cluster
+    runs on this machine (join that one with --address auto). Yields the cluster's resources.
     A Ray this call started is shut down at the end; one already running is left alone."""
     import ray
 
     started = False
     if not ray.is_initialized():
         addr = address or os.environ.get("RAY_ADDRESS")
+        check_address(addr, "--address" if address else "$RAY_ADDRESS")
         try:
             if addr:
                 ray.init(address=addr, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 ray.init(
+                    address="local",
                     num_cpus=os.cpu_count() or 1,
                     object_store_memory=OBJECT_STORE_BYTES,
                     include_dashboard=False,
@@ -389,11 +457,16 @@ def run_study(
     `storage` (else spec.storage, else ./hebbrobust-studies) holds the study directory
     `<storage>/<spec.name>`; it must not hold that study already (`resume_study` continues one).
     `tracking_uri` (else spec.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db) is the
-    MLflow store; `address` (else $RAY_ADDRESS) a Ray cluster to join instead of a local Ray."""
+    MLflow store; `address` (else $RAY_ADDRESS) a Ray cluster to join instead of a local Ray.
+    Everything the spec and arguments can get wrong is checked before Ray starts or a file is written."""
     started = time.monotonic()
+    check_address(address)
     spec = absolute_paths(spec)
     root = _storage_root(storage, spec)
     study_dir = root / spec.name
+    for where in (root, study_dir):
+        if where.exists() and not where.is_dir():
+            raise HebbrobustError(f"--storage: {where} is a file, not a directory for studies")
     if (study_dir / STUDY_FILE).exists():
         raise HebbrobustError(
             f"{study_dir} already holds study {spec.name!r}: `hebbrobust study resume {study_dir}` "
@@ -402,16 +475,18 @@ def run_study(
     uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     experiment = spec.experiment or spec.name
     spec = spec.model_copy(update={"storage": root, "tracking_uri": uri, "experiment": experiment})
-    objectives = _objectives(spec)
     space = optuna_space(spec, spec_path)  # spec problems surface before anything starts
     make_sampler(spec, spec_path)
+    check_objectives(spec, spec_path)
+    check_data_paths(spec, spec_path)
 
     with ray_session(address) as cluster:
         resources = trial_resources(spec, cluster)  # before anything is written
+        target = tracking.ensure_experiment(uri, experiment)
         study_dir.mkdir(parents=True, exist_ok=True)
         spec_file = study_dir / SPEC_FILE
         spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        target = tracking.ensure_experiment(uri, experiment)
+        objectives = _objectives(spec)
         parent = tracking.start_parent_run(
             target,
             spec.name,
@@ -441,78 +516,183 @@ def run_study(
             "parent_run_id": parent,
             "optuna_storage": f"sqlite:///{study_dir / OPTUNA_FILE}",
             "tune_path": str(study_dir / TUNE_DIR),
+            "tune_sessions": [TUNE_DIR],
             "num_trials": num_samples(spec),
         }
         _write_json(study_dir / STUDY_FILE, meta)
+        count = num_samples(spec)
+        return _fit(
+            spec, study_dir, meta, target, resources, on_progress, started,
+            lambda trainable, callbacks: _tuner(trainable, callbacks, spec, spec_path, study_dir, meta, space,
+                                                count, TUNE_DIR),
+            count, Resume(),
+        )  # fmt: skip
 
-        from optuna.storages import RDBStorage
-        from ray.tune.schedulers import FIFOScheduler
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
 
-        def new_tuner(trainable: Any, callback: ProgressCallback) -> Any:
-            searcher = OptunaSearch(
-                space=space,
-                metric=[m for m, _ in objectives],
-                mode=[mode for _, mode in objectives],
-                sampler=make_sampler(spec, spec_path),
-                study_name=spec.name,
-                storage=RDBStorage(meta["optuna_storage"]),
-            )
-            return tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(  # no metric/mode here: they would make it single-objective
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
-                    scheduler=FIFOScheduler(),
-                    num_samples=num_samples(spec),
-                    reuse_actors=True,  # a trial's worker keeps torch/mlflow imported for the next
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=TUNE_DIR,
-                    storage_path=str(study_dir),
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    callbacks=[callback],
-                    verbose=0,
-                ),
-            )
+def _tuner(
+    trainable: Any,
+    callbacks: list[Any],
+    spec: StudySpec,
+    spec_path: Path | str | None,
+    study_dir: Path,
+    meta: Mapping[str, Any],
+    space: Mapping[str, Any],
+    count: int,
+    name: str,
+    seed_offset: int = 0,
+) -> Any:
+    """A Tuner running `count` trials of the study, asked from its Optuna study (created or loaded).
+    `seed_offset` shifts a seeded sampler, so a resumed session does not repeat the first one's draws."""
+    from optuna.storages import RDBStorage
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
 
-        return _fit(spec, study_dir, meta, target, resources, on_progress, started, new_tuner)
+    sampling = spec
+    if seed_offset and spec.sampler.seed is not None:
+        seed = (spec.sampler.seed + seed_offset) % 2**32
+        sampling = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": seed})})
+    objectives = _objectives(spec)
+    searcher = StudySearch(
+        space=dict(space),
+        metric=[m for m, _ in objectives],
+        mode=[mode for _, mode in objectives],
+        sampler=make_sampler(sampling, spec_path),
+        study_name=spec.name,
+        storage=RDBStorage(meta["optuna_storage"]),
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(  # no metric/mode here: they would make it single-objective
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
+            scheduler=FIFOScheduler(),
+            num_samples=count,
+            reuse_actors=True,  # a trial's worker keeps torch/mlflow imported for the next
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(study_dir),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+@dataclass
+class Resume:
+    """What `resume_study` found before running anything (all zero for a new study)."""
+
+    finished: int = 0  # Optuna COMPLETE trials (after recovering those below)
+    failed: int = 0  # Optuna FAIL trials that really failed (they count towards num_trials)
+    closed_runs: int = 0  # MLflow runs left RUNNING by the stopped driver, now KILLED
+    recovered: int = 0  # Optuna trials left RUNNING whose MLflow run had FINISHED: told COMPLETE
+    cut_off: int = 0  # Optuna trials left RUNNING without a finished run: FAIL + enqueued again
+    remaining: int = 0  # trials still to run
+    best: dict[str, float | None] = field(default_factory=dict)  # best objective values so far
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+def _optuna_study(meta: Mapping[str, Any], name: str) -> Any:
+    """The study's Optuna record, or a one-line error that says how to go on."""
+    import optuna
+
+    url = meta["optuna_storage"]
+    again = (
+        f"its finished trials stay in MLflow ({meta['tracking_uri']}, experiment {meta['experiment']!r}); "
+        f"to go on, start a new study: hebbrobust study run {meta.get('spec_source') or 'SPEC'} "
+        f"--set name={name}-2"
+    )
+    path = Path(url.removeprefix("sqlite:///"))
+    if url.startswith("sqlite:///") and not path.is_file():  # load_study would create an empty one
+        raise HebbrobustError(f"{path}: the study's Optuna record is missing; {again}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise HebbrobustError(f"{url} holds no Optuna study {name!r}; {again}") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy: a truncated or foreign file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise HebbrobustError(f"{path}: unreadable Optuna record ({e.__class__.__name__}: {first}); {again}") from None
+
+
+def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.TrackingTarget) -> Resume:
+    """Makes Optuna and MLflow agree after the driver stopped (SIGKILL, crash, Ctrl-C): see the
+    module doc. Idempotent; needs no Ray and no Tune state."""
+    from optuna.trial import TrialState
+
+    study = _optuna_study(meta, spec.name)
+    parent = meta["parent_run_id"]
+    out = Resume()
+    out.closed_runs = len(
+        tracking.close_stale_runs(
+            target, parent, status="KILLED",
+            reason="cut off: the study driver stopped before the trial ended (`study resume` runs it again)",
+        )
+    )  # fmt: skip
+    runs = tracking.read_trials(target, parent)
+    done = runs[runs["status"] == "FINISHED"].drop_duplicates("trial_id", keep="last") if len(runs) else runs
+    finished = {str(row["trial_id"]): row for _, row in done.iterrows()}
+    objectives = _objectives(spec)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        row = finished.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)))
+        values = [row.get(m) for m, _ in objectives] if row is not None else []
+        if values and all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            study.tell(trial.number, [float(v) for v in values])  # the driver died between its end and the tell
+            out.recovered += 1
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, CUT_OFF_ATTR, "the study driver stopped first")
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params), user_attrs={RERUN_ATTR: trial.number}, skip_if_exists=False)
+        out.cut_off += 1
+    trials = study.get_trials(deepcopy=False)
+    out.finished = sum(t.state == TrialState.COMPLETE for t in trials)
+    out.failed = sum(t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs for t in trials)
+    out.remaining = max(0, int(meta["num_trials"]) - out.finished - out.failed)
+    for i, (_, mode) in enumerate(objectives):
+        values = [t.values[i] for t in trials if t.state == TrialState.COMPLETE and t.values]
+        out.best[objectives[i][0]] = (max(values) if mode == "max" else min(values)) if values else None
+    return out
 
 
 def resume_study(
     study_dir: Path | str, *, address: str | None = None, on_progress: ProgressFn | None = None
 ) -> StudyOutcome:
-    """Continue an interrupted study from its directory (Tuner.restore): finished trials stay,
-    unfinished ones run again (their stale MLflow runs are closed KILLED first), errored ones stay
-    failed. Works on a finished study too (nothing to run; the front is recomputed)."""
+    """Continue a stopped study from its directory: nothing lost, nothing counted twice. Reconciles
+    Optuna and MLflow (see `reconcile`), then runs the trials still missing in a fresh Tuner.
+    Works on a finished study too (nothing to run; the front is recomputed). Ray Tune's own state
+    files are not needed: a truncated tuner.pkl or a missing experiment state changes nothing."""
     started = time.monotonic()
+    check_address(address)
     study_dir = Path(study_dir).expanduser().resolve()
     meta = _read_meta(study_dir)
     spec = load_study(study_dir / SPEC_FILE)
     target = tracking.TrackingTarget(meta["tracking_uri"], meta["experiment"], meta["experiment_id"])
-    tune_path = Path(meta["tune_path"])
-    if not tune.Tuner.can_restore(str(tune_path)):
-        raise HebbrobustError(
-            f"{tune_path}: no Ray Tune state to resume (the study stopped before Tune saved any); "
-            f"remove {study_dir} and run the study again"
-        )
-    tracking.close_stale_runs(target, meta["parent_run_id"], status="KILLED", reason="the study driver stopped")
-
-    def restore(trainable: Any, callback: Any) -> Any:
-        try:
-            return tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=False)
-        except (EOFError, pickle.UnpicklingError) as e:
-            raise HebbrobustError(
-                f"{tune_path}: Ray Tune's saved state is truncated ({e.__class__.__name__}; the driver "
-                f"was probably killed while writing it): the finished trials stay in MLflow and "
-                f"{meta['optuna_storage']}; remove {tune_path} and start a new study to go on"
-            ) from None
-
+    state = reconcile(spec, meta, target)
+    if state.remaining == 0:
+        tracking.set_run_status(target, meta["parent_run_id"], "RUNNING")
+        outcome = _conclude(spec, study_dir, meta, target, started, interrupted=False)
+        outcome.resumed = state.counts()
+        return outcome
+    space = optuna_space(spec)
+    sessions = list(meta.get("tune_sessions", [TUNE_DIR]))
+    name = f"tune-resume-{len(sessions)}"
     with ray_session(address) as cluster:
         resources = trial_resources(spec, cluster)
         tracking.set_run_status(target, meta["parent_run_id"], "RUNNING")
-        return _fit(spec, study_dir, meta, target, resources, on_progress, started, restore)
+        meta["tune_sessions"] = [*sessions, name]
+        _write_json(study_dir / STUDY_FILE, meta)
+        asked = len(_optuna_study(meta, spec.name).get_trials(deepcopy=False))
+        outcome = _fit(
+            spec, study_dir, meta, target, resources, on_progress, started,
+            lambda trainable, callbacks: _tuner(trainable, callbacks, spec, None, study_dir, meta, space,
+                                                state.remaining, name, seed_offset=asked),
+            state.remaining, state,
+        )  # fmt: skip
+    outcome.resumed = state.counts()
+    return outcome
 
 
 def _fit(
@@ -523,29 +703,64 @@ def _fit(
     resources: dict[str, float],
     on_progress: ProgressFn | None,
     started: float,
-    make_tuner: Callable[[Any, ProgressCallback], Any],
+    make_tuner: Callable[[Any, list[Any]], Any],
+    count: int,
+    before: Resume,
 ) -> StudyOutcome:
-    """Builds the Tuner (new or restored), runs it inside the caller's Ray session, then reads the
-    trials back from MLflow, logs the front to the parent run and closes it."""
+    """Builds the Tuner for `count` trials, runs it inside the caller's Ray session, closes any run
+    its trials left open, then reads the trials back from MLflow, logs the front to the parent run
+    and closes it."""
     parent = meta["parent_run_id"]
-    total = int(meta["num_trials"])
-    callback = ProgressCallback(str(study_dir), spec.name, total, _objectives(spec))
+    callback = ProgressCallback(
+        str(study_dir), spec.name, int(meta["num_trials"]), _objectives(spec),
+        done_before=before.finished, failed_before=before.failed, best_before=before.best,
+    )  # fmt: skip
     if on_progress is not None:
         _SINKS[str(study_dir)] = on_progress
     try:
         with _quiet_tune():
-            tuner = make_tuner(_trainable(_context(spec, study_dir, target, parent), resources), callback)
+            tuner = make_tuner(
+                _trainable(_context(spec, study_dir, target, parent), resources),
+                [callback, TrialRunCloser(target, parent)],
+            )
             grid = tuner.fit()
         ended = grid.num_terminated + grid.num_errors
     except KeyboardInterrupt:
+        _close_open_runs(target, parent, "KILLED", "cut off: the study was interrupted")
         tracking.set_run_status(target, parent, "KILLED")
         raise
     except BaseException:
+        _close_open_runs(target, parent, "KILLED", "cut off: the study driver failed")
         tracking.set_run_status(target, parent, "FAILED")
         raise
     finally:
         _SINKS.pop(str(study_dir), None)
-    interrupted = ended < total
+    interrupted = ended < count
+    if interrupted:
+        _close_open_runs(target, parent, "KILLED", "cut off: the study was interrupted (`study resume` runs it again)")
+    else:
+        _close_open_runs(target, parent, "FAILED", "the trial ended without closing its run")
+    return _conclude(spec, study_dir, meta, target, started, interrupted=interrupted)
+
+
+def _close_open_runs(target: tracking.TrackingTarget, parent: str, status: str, reason: str) -> None:
+    try:
+        tracking.close_stale_runs(target, parent, status=status, reason=reason)
+    except HebbrobustError:  # the store is away; `study resume` closes them
+        log.exception("could not close the study's open trial runs")
+
+
+def _conclude(
+    spec: StudySpec,
+    study_dir: Path,
+    meta: dict[str, Any],
+    target: tracking.TrackingTarget,
+    started: float,
+    *,
+    interrupted: bool,
+) -> StudyOutcome:
+    """Reads the trials back, logs the front to the parent run and closes it."""
+    parent = meta["parent_run_id"]
     outcome = _outcome(spec, study_dir, meta, target)
     summary = {
         "trials_finished": outcome.counts["finished"],
