@@ -61,6 +61,8 @@ class HebbCNN(nn.Module):
         weight = torch.empty(cfg.filters, c, k, k)
         if cfg.kind == "backprop":
             nn.init.kaiming_uniform_(weight, a=5**0.5)  # what nn.Conv2d does by default
+        else:
+            nn.init.normal_(weight)  # the rule's N(0, 1) start; training replaces it
         # local filters are set by the rule; they never get gradients (plasticity is off in forward)
         self.conv_weight = nn.Parameter(weight, requires_grad=cfg.kind == "backprop")
         self.head = nn.Linear(cfg.filters * ph * pw, classes, bias=False)
