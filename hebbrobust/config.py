@@ -274,12 +274,17 @@ def spec_error(path: Path | str | None, err: ValidationError, model: type[BaseMo
     loc = tuple(first["loc"])
     field = _format_loc(loc, prefix)
     if first["type"] == "extra_forbidden":
-        allowed = _allowed_fields(model, loc)
+        kinds: dict[str, type[BaseModel]] = {"float": FloatDist, "int": IntDist, "categorical": CategoricalDist}
+        tagged = [kinds[p] for p in loc if isinstance(p, str) and p in kinds]  # inside a space distribution
+        allowed = sorted(tagged[-1].model_fields) if tagged else _allowed_fields(model, loc)
         return SpecError(path, field, "unknown field; allowed: " + ", ".join(allowed))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         return SpecError(path, field, "required field is missing")
-    return SpecError(path, field, msg, _Abridged(first.get("input")))
+    given = first.get("input")
+    if isinstance(given, dict):  # a rule across fields: the message names them, the whole section would be noise
+        return SpecError(path, field, msg)
+    return SpecError(path, field, msg, _Abridged(given))
 
 
 class _Abridged:

@@ -6,7 +6,8 @@ A study directory (`<storage>/<name>/`, every path in it absolute) holds:
     study.json   where everything is: MLflow URI, experiment, parent run, Optuna storage, Tune state
     spec.yaml    the spec as run (paths absolute), so resume and report need nothing else
     optuna.db    the Optuna RDB study (optuna-dashboard sqlite:///<dir>/optuna.db)
-    tune/        Ray Tune's experiment state (Tuner.restore)
+    tune/        Ray Tune's experiment state (tune-resume-<n>/ for each resumed session; not needed to resume)
+    driver.lock  held (flock) by the driver running the study: a second driver is refused
     trials/<id>/ each trial's metrics.json, filters.png, robustness.png, model.pt (seed<i>/ per seed)
     front.csv, front.png, trials.csv   written when the study ends (also on the MLflow parent run)
 
@@ -72,6 +73,7 @@ STUDY_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
 OPTUNA_FILE = "optuna.db"
 TUNE_DIR = "tune"
+LOCK_FILE = "driver.lock"
 DEFAULT_STORAGE = "hebbrobust-studies"
 OBJECT_STORE_BYTES = 200 * 1024**2
 TUNE_TRIAL_ATTR = "tune_trial_id"  # Optuna user attr: the Ray Tune trial that ran this Optuna trial
@@ -436,6 +438,26 @@ def filter_cache_dir(spec: StudySpec, study_dir: Path) -> Path:
     return Path(spec.filter_cache_dir).absolute() if spec.filter_cache_dir else Path(study_dir) / "filter-cache"
 
 
+@contextmanager
+def _driver_lock(study_dir: Path) -> Iterator[None]:
+    """One driver per study: `study run`/`resume` hold <study dir>/driver.lock (an flock, so a killed
+    driver releases it), and a second driver, e.g. a resume while the study still runs, is refused."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(study_dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise HebbrobustError(
+            f"{study_dir}: study is being run by another driver (it holds {study_dir / LOCK_FILE}); "
+            "wait for it or stop it first"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _trainable(ctx: TrialContext, resources: dict[str, float]) -> Any:
     return tune.with_resources(tune.with_parameters(run_study_trial, ctx=ctx), resources)
 
@@ -484,49 +506,64 @@ def run_study(
         resources = trial_resources(spec, cluster)  # before anything is written
         target = tracking.ensure_experiment(uri, experiment)
         study_dir.mkdir(parents=True, exist_ok=True)
-        spec_file = study_dir / SPEC_FILE
-        spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        objectives = _objectives(spec)
-        parent = tracking.start_parent_run(
-            target,
-            spec.name,
-            params={
-                "num_trials": num_samples(spec),
-                "max_concurrent": spec.max_concurrent,
-                "seeds": spec.seeds,
-                "sampler": spec.sampler.name,
-                "sampler.seed": spec.sampler.seed,
-                "objectives": [f"{m}:{mode}" for m, mode in objectives],
-                "space": list(spec.space),
-            },
-            tags={
-                "hebbrobust.study_dir": str(study_dir),
-                "hebbrobust.spec_source": str(Path(spec_path).resolve()) if spec_path else "",
-                "hebbrobust.space": json.dumps(spec.model_dump(mode="json")["space"])[:8000],
-            },
-            artifacts={"spec.yaml": spec_file},
-        )
-        meta: dict[str, Any] = {
-            "name": spec.name,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "spec_source": str(Path(spec_path).resolve()) if spec_path else None,
-            "tracking_uri": uri,
-            "experiment": experiment,
-            "experiment_id": target.experiment_id,
-            "parent_run_id": parent,
-            "optuna_storage": f"sqlite:///{study_dir / OPTUNA_FILE}",
-            "tune_path": str(study_dir / TUNE_DIR),
-            "tune_sessions": [TUNE_DIR],
+        with _driver_lock(study_dir):
+            return _start(spec, spec_path, study_dir, target, space, resources, on_progress, started)
+
+
+def _start(
+    spec: StudySpec,
+    spec_path: Path | str | None,
+    study_dir: Path,
+    target: tracking.TrackingTarget,
+    space: Mapping[str, Any],
+    resources: dict[str, float],
+    on_progress: ProgressFn | None,
+    started: float,
+) -> StudyOutcome:
+    """A new study's files, parent run and first Tune session (inside the caller's Ray session and lock)."""
+    spec_file = study_dir / SPEC_FILE
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    objectives = _objectives(spec)
+    parent = tracking.start_parent_run(
+        target,
+        spec.name,
+        params={
             "num_trials": num_samples(spec),
-        }
-        _write_json(study_dir / STUDY_FILE, meta)
-        count = num_samples(spec)
-        return _fit(
-            spec, study_dir, meta, target, resources, on_progress, started,
-            lambda trainable, callbacks: _tuner(trainable, callbacks, spec, spec_path, study_dir, meta, space,
-                                                count, TUNE_DIR),
-            count, Resume(),
-        )  # fmt: skip
+            "max_concurrent": spec.max_concurrent,
+            "seeds": spec.seeds,
+            "sampler": spec.sampler.name,
+            "sampler.seed": spec.sampler.seed,
+            "objectives": [f"{m}:{mode}" for m, mode in objectives],
+            "space": list(spec.space),
+        },
+        tags={
+            "hebbrobust.study_dir": str(study_dir),
+            "hebbrobust.spec_source": str(Path(spec_path).resolve()) if spec_path else "",
+            "hebbrobust.space": json.dumps(spec.model_dump(mode="json")["space"])[:8000],
+        },
+        artifacts={"spec.yaml": spec_file},
+    )
+    meta: dict[str, Any] = {
+        "name": spec.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "spec_source": str(Path(spec_path).resolve()) if spec_path else None,
+        "tracking_uri": target.uri,
+        "experiment": target.experiment,
+        "experiment_id": target.experiment_id,
+        "parent_run_id": parent,
+        "optuna_storage": f"sqlite:///{study_dir / OPTUNA_FILE}",
+        "tune_path": str(study_dir / TUNE_DIR),
+        "tune_sessions": [TUNE_DIR],
+        "num_trials": num_samples(spec),
+    }
+    _write_json(study_dir / STUDY_FILE, meta)
+    count = num_samples(spec)
+    return _fit(
+        spec, study_dir, meta, target, resources, on_progress, started,
+        lambda trainable, callbacks: _tuner(trainable, callbacks, spec, spec_path, study_dir, meta, space,
+                                            count, TUNE_DIR),
+        count, Resume(),
+    )  # fmt: skip
 
 
 def _tuner(
@@ -668,6 +705,13 @@ def resume_study(
     check_address(address)
     study_dir = Path(study_dir).expanduser().resolve()
     meta = _read_meta(study_dir)
+    with _driver_lock(study_dir):
+        return _resume_locked(study_dir, meta, address, on_progress, started)
+
+
+def _resume_locked(
+    study_dir: Path, meta: dict[str, Any], address: str | None, on_progress: ProgressFn | None, started: float
+) -> StudyOutcome:
     spec = load_study(study_dir / SPEC_FILE)
     target = tracking.TrackingTarget(meta["tracking_uri"], meta["experiment"], meta["experiment_id"])
     state = reconcile(spec, meta, target)
