@@ -1,6 +1,10 @@
 """Runs the quickstart study and prints where its wall time goes.
 
-    python scripts/bench_study.py [--spec studies/quickstart.yaml] [--num-trials N] [--no-filter-cache]
+    python scripts/bench_study.py [--spec studies/quickstart.yaml] [--num-trials N] [--no-filter-cache] [--set k=v]
+
+A head-only quickstart (the filter cache's best case):
+    python scripts/bench_study.py --set 'space={model.power: [1, 2, 3, 4], model.activation: [relu, gelu]}' \
+        --set sampler.name=grid [--no-filter-cache]
 
 Prints: Ray start-up, the study's wall time, and summed over trials the training, attack and
 bookkeeping (MLflow tracking, data loading, saving, Tune) seconds, and the trial throughput.
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("--spec", type=Path, default=ROOT / "studies" / "quickstart.yaml")
     ap.add_argument("--num-trials", type=int, default=None)
     ap.add_argument("--no-filter-cache", action="store_true", help="every trial trains its own filters")
+    ap.add_argument("--set", action="append", default=[], help="spec override dotted.key=value (repeatable)")
     args = ap.parse_args()
 
     import mlflow
@@ -35,7 +40,7 @@ def main() -> None:
     from hebbrobust.config import load_study
     from hebbrobust.study import run_study
 
-    sets = [f"num_trials={args.num_trials}"] if args.num_trials else []
+    sets = list(args.set) + ([f"num_trials={args.num_trials}"] if args.num_trials else [])
     sets += ["filter_cache=false"] if args.no_filter_cache else []
     spec = load_study(args.spec, sets)
     with tempfile.TemporaryDirectory() as tmp:
