@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from test_attacks import Quantised  # a deliberately masked model (zero input gradients)
 from torch import Tensor, nn
 
 from hebbrobust import plots
@@ -59,17 +60,6 @@ def make_problem(n: int = 300, steps: int = 80) -> tuple[nn.Module, Tensor, Tens
 @pytest.fixture(scope="module")
 def problem() -> tuple[nn.Module, Tensor, Tensor]:
     return make_problem()
-
-
-class Quantised(nn.Module):
-    """A deliberately masked model: the output is a step function of the input (zero gradients)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.inner(torch.round(x * 4) / 4)
 
 
 def small_cfg(**changes: object) -> AttackConfig:
