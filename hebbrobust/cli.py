@@ -19,7 +19,12 @@ from rich.table import Table
 
 from hebbrobust.errors import HebbrobustError
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, help=__doc__.splitlines()[0])
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Studies of a local (Krotov-Hopfield) learning rule against backprop: clean accuracy x adversarial "
+    "robustness, on Ray Tune + Optuna + MLflow. Start with: hebbrobust study run studies/quickstart.yaml",
+)
 trial_app = typer.Typer(no_args_is_help=True, help="Train and measure one model.")
 study_app = typer.Typer(no_args_is_help=True, help="Multi-objective studies on Ray Tune + Optuna + MLflow.")
 cache_app = typer.Typer(no_args_is_help=True, help="The shared filter cache.")
