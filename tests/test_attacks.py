@@ -38,16 +38,20 @@ def make_model(seed: int = 0) -> nn.Module:
     )
 
 
-def trained_model(steps: int = 80) -> tuple[nn.Module, Tensor, Tensor]:
-    x, y = make_data()
-    model = make_model()
+def fit_tiny(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> nn.Module:
+    """Full-batch Adam on a tiny problem; leaves no .grad behind."""
     opt = torch.optim.Adam(model.parameters(), lr=0.03)
     for _ in range(steps):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
     model.zero_grad(set_to_none=True)
-    return model, x, y
+    return model
+
+
+def trained_model(steps: int = 80) -> tuple[nn.Module, Tensor, Tensor]:
+    x, y = make_data()
+    return fit_tiny(make_model(), x, y, steps), x, y
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from test_attacks import Quantised  # a deliberately masked model (zero input gradients)
+from test_attacks import Quantised, fit_tiny  # a masked model (zero input gradients); tiny training
 from torch import Tensor, nn
 
 from hebbrobust import plots
@@ -48,13 +48,7 @@ def make_problem(n: int = 300, steps: int = 80) -> tuple[nn.Module, Tensor, Tens
         nn.Conv2d(1, 8, 3, bias=False), nn.MaxPool2d(2, 2), nn.ReLU(), nn.Dropout(0.3), nn.Flatten(),
         nn.Linear(32, 3),
     )
-    opt = torch.optim.Adam(model.parameters(), lr=0.03)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval(), x, y
+    return fit_tiny(model, x, y, steps).eval(), x, y
 
 
 @pytest.fixture(scope="module")
