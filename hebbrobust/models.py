@@ -69,6 +69,8 @@ class HebbCNN(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pool output (B, F, H', W'): what a head on frozen local filters trains on."""
+        # channels-last makes the conv emit channels-last, where CPU max-pool is 3-5x faster (same values)
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.kind == "local":
             h = local_currents(x, self.conv_weight, self.p)
         else:

@@ -179,10 +179,14 @@ def fit_head(
     tag: str = "",
 ) -> dict[str, list[float]]:
     """Train the linear head on frozen filters. Pool outputs are computed once and cached
-    (memory-bounded); sigma^n and the head are trained on the cache."""
-    cache = _pool_features(model, x, cfg.batch_size)
+    (memory-bounded) on the first batch, so a resumed finished head skips them; sigma^n and the
+    head are trained on the cache."""
+    cached: list[torch.Tensor | None] = []
 
     def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not cached:
+            cached.append(_pool_features(model, x, cfg.batch_size))
+        cache = cached[0]
         h = cache[idx].float() if cache is not None else model.features(x[idx]).detach()
         out = model.classify(h)
         return F.nll_loss(out, y[idx]), (out.argmax(1) == y[idx]).sum()

@@ -77,3 +77,22 @@ def test_quickstart_base_trial_reaches_90_percent(kind: str) -> None:
     cfg = load_trial(ROOT / "studies" / "quickstart.yaml", [f"model.kind={kind}", "attack.enabled=false"])
     result = run_trial(cfg)
     assert result.metrics["clean_acc"] >= 0.90, result.metrics
+
+
+def test_a_finished_head_resumes_without_recomputing_pool_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hebbrobust.train as train
+
+    calls: list[int] = []
+    original = train._pool_features
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_pool_features", counting)
+    first = run_trial(TINY, checkpoint_dir=tmp_path)
+    assert calls == [1]
+    again = run_trial(TINY, checkpoint_dir=tmp_path)  # every stage is checkpointed as finished
+    assert calls == [1] and again.metrics["clean_acc"] == first.metrics["clean_acc"]
