@@ -152,7 +152,8 @@ def evaluate_cmd(
 
     if attack not in (None, "fgsm", "pgd"):
         raise HebbrobustError(f"--attack: must be fgsm or pgd, got {attack!r}")
-    metrics = reevaluate(trial_dir, eps=eps, attack=attack, n_images=n_images)
+    with _progress() as progress:
+        metrics = reevaluate(trial_dir, eps=eps, attack=attack, n_images=n_images, on_step=EpochBar(progress))
     out.print(_metrics_table(metrics, f"robustness of {trial_dir}"))
     _warn_masking(metrics)
 

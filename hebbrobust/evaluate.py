@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -132,10 +133,11 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def robust_accuracy_grid(
-    model: Model, x: Tensor, y: Tensor, cfg: AttackConfig, *, seed: int = 0
+    model: Model, x: Tensor, y: Tensor, cfg: AttackConfig, *, seed: int = 0, tick: Callable[[], None] = lambda: None
 ) -> dict[str, Any]:
     """FGSM and PGD (random start, cfg.pgd_restarts, step cfg.pgd_alpha·ε, cfg.pgd_steps) accuracy at
-    every L∞ ε of cfg.eps (units of 1/255) on the first cfg.n_images images; `seed` seeds the starts."""
+    every L∞ ε of cfg.eps (units of 1/255) on the first cfg.n_images images; `seed` seeds the starts.
+    `tick` is called after each (batch, ε)."""
     x, y = x[: cfg.n_images], y[: cfg.n_images]
     gen = _generator(x.device, seed)
     n = x.shape[0]
@@ -157,6 +159,7 @@ def robust_accuracy_grid(
                 ok = predict(model, x_adv, batch_size=cfg.batch_size)[0] == yb
                 correct[a, e] += int(ok.sum())
                 correct_rel[a, e] += int((ok & clean_ok).sum())
+            tick()
     out: dict[str, Any] = {GRID_IMAGES: n, GRID_CLEAN_ACC: n_clean / n if n else float("nan")}
     for (a, e), c in correct.items():
         out[grid_metric(a, e)] = c / n if n else float("nan")
@@ -325,30 +328,49 @@ def _confident_correct(
     return torch.cat(found)[:n]
 
 
-def _batched_radii(model: Model, x: Tensor, y: Tensor, cfg: AttackConfig) -> dict[str, np.ndarray]:
+def _batched_radii(
+    model: Model, x: Tensor, y: Tensor, cfg: AttackConfig, tick: Callable[[], None]
+) -> dict[str, np.ndarray]:
     radii: dict[str, list[Tensor]] = {"fgsm": [], "pgd": []}
     for i in range(0, x.shape[0], cfg.batch_size):
         xb, yb = x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]
         radii["fgsm"].append(fgsm_min_radius(model, xb, yb))
         radii["pgd"].append(pgd_min_radius(model, xb, yb, step=cfg.radius_pgd_step, ball=cfg.radius_pgd_ball,
                                            max_steps=cfg.radius_pgd_max_steps))
+        tick()
     return {a: (torch.cat(r).cpu().numpy() if r else np.empty(0)) for a, r in radii.items()}
 
 
 def evaluate_robustness(
-    model: Model, x_test: Tensor, y_test: Tensor, cfg: AttackConfig, *, seed: int = 0
+    model: Model,
+    x_test: Tensor,
+    y_test: Tensor,
+    cfg: AttackConfig,
+    *,
+    seed: int = 0,
+    on_step: Callable[[str, int, int, dict[str, float]], None] | None = None,
 ) -> tuple[dict[str, float | int | None | str], dict[str, Any]]:
     """Every robustness measurement of one model (on x_test's device): the fixed-ε grid, minimal radii
     and their summaries, the masking checks. Returns (metrics, extras); extras hold arrays for plots:
     radii_<attack> (inf = never broken), grid_eps (1/255 units), grid_<attack>_acc/_racc, curve_eps
     (absolute units, 0..radius_pgd_ball), curve_<attack> = A(ε) from the radii, fit_<attack>
     (logistic parameters M, D, Q, B, ν, or empty), fitcurve_<attack> (the fit on curve_eps, or
-    empty), R_<attack> (nan when rejected), eps_max."""
+    empty), R_<attack> (nan when rejected), eps_max. on_step("attacks", done, total, {}) reports
+    progress, in the shape of training's on_epoch."""
     if not cfg.enabled:
         return {}, {}
     start = time.perf_counter()
+    batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
+    total = batches(min(cfg.n_images, len(x_test))) * len(cfg.eps) + 1 + batches(cfg.radius_images)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if on_step is not None:
+            on_step("attacks", min(done[0], total), total, {})
+
     metrics: dict[str, float | int | None | str] = {}
-    grid = robust_accuracy_grid(model, x_test, y_test, cfg, seed=seed)
+    grid = robust_accuracy_grid(model, x_test, y_test, cfg, seed=seed, tick=tick)
     metrics.update(grid)
 
     x_grid, y_grid = x_test[: cfg.n_images], y_test[: cfg.n_images]
@@ -356,10 +378,14 @@ def evaluate_robustness(
     large_acc = large_eps_accuracy(model, x_mask, y_mask, batch_size=cfg.batch_size)
     zero_frac = zero_gradient_fraction(model, x_grid, y_grid, batch_size=cfg.batch_size)
     metrics.update(masking_checks(grid, cfg.eps, large_acc, zero_frac))
+    tick()
 
     idx = _confident_correct(model, x_test, y_test, n=cfg.radius_images, confidence=cfg.confidence,
                              batch_size=cfg.batch_size)
-    radii = _batched_radii(model, x_test[idx], y_test[idx], cfg)
+    radii = _batched_radii(model, x_test[idx], y_test[idx], cfg, tick)
+    if done[0] < total:  # fewer confident images than asked for: fewer radius batches
+        done[0] = total - 1
+        tick()
     metrics[RADIUS_IMAGES] = int(idx.numel())
     eps_max = cfg.radius_pgd_ball
     curve_eps = np.linspace(0.0, eps_max, 241)

@@ -25,7 +25,8 @@ from hebbrobust.rules import krotov
 from hebbrobust.train import fit_backprop, fit_filters_local, fit_head
 
 # on_epoch(stage, epoch, total_epochs, metrics): stage is "filters", "head" or "backprop";
-# metrics hold that epoch's numbers (e.g. loss, unconverged_frac, lr).
+# metrics hold that epoch's numbers (e.g. loss, unconverged_frac, lr). Attacks report as stage
+# "attacks" with empty metrics: (batch, eps) steps of the grid, the masking checks, radius batches.
 EpochCallback = Callable[[str, int, int, dict[str, float]], None]
 
 
@@ -127,7 +128,9 @@ def run_trial(
     metrics["unconverged_frac_norm_only"] = conv["unconverged_frac_norm_only"]
     extras: dict[str, Any] = {"convergence": conv, "input_shape": data.shape}
     if config.attack.enabled:
-        rob, rob_extras = evaluate_robustness(model, x_test, y_test, config.attack, seed=config.seed)
+        rob, rob_extras = evaluate_robustness(
+            model, x_test, y_test, config.attack, seed=config.seed, on_step=on_epoch
+        )
         metrics.update(rob)
         extras["robustness"] = rob_extras
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
@@ -206,7 +209,12 @@ def load_trial_dir(trial_dir: Path) -> tuple[TrialConfig, HebbCNN, dict[str, Any
 
 
 def reevaluate(
-    trial_dir: Path, *, eps: list[float] | None = None, attack: str | None = None, n_images: int | None = None
+    trial_dir: Path,
+    *,
+    eps: list[float] | None = None,
+    attack: str | None = None,
+    n_images: int | None = None,
+    on_step: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Attack a saved trial again (optionally another eps grid, one attack, more images); updates
     its metrics.json and robustness.png and returns the new robustness metrics."""
@@ -218,7 +226,7 @@ def reevaluate(
         changes["n_images"] = n_images
     attack_cfg = config.attack.model_validate({**config.attack.model_dump(), **changes})
     data = load_dataset(config.data)
-    rob, extras = evaluate_robustness(model, data.x_test, data.y_test, attack_cfg, seed=config.seed)
+    rob, extras = evaluate_robustness(model, data.x_test, data.y_test, attack_cfg, seed=config.seed, on_step=on_step)
     if attack is not None:
         other = "pgd" if attack == "fgsm" else "fgsm"
         rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}

@@ -74,5 +74,6 @@ def test_trial_run_writes_metrics_filters_model_and_evaluate_rereads(tmp_path: P
         assert (out / name).stat().st_size > 0, name
     again = runner.invoke(app, ["evaluate", str(out), "--eps", "4", "--attack", "pgd"])
     assert again.exit_code == 0, again.output
+    assert "attacks 1/" in again.output  # long attacks show progress (plain lines when not a terminal)
     doc2 = json.loads((out / "metrics.json").read_text())
     assert "pgd_acc@4" in doc2 and doc2["clean_acc"] == doc["clean_acc"]
