@@ -1,10 +1,13 @@
-"""PGD throughput (images x steps per second) on CIFAR-10-sized inputs with a thesis-shaped model.
+"""PGD throughput (images x steps per second) on CIFAR-10-sized inputs with hebbrobust's own model.
 
-Model: conv 100 filters 4x4 (no bias) -> maxpool(9, stride 2) -> relu -> linear(100*11*11, 10).
-Prints the PGD rate next to a bare forward+backward loop on the same batch (the attack's floor),
-measured in the same run.
+Model: HebbCNN, thesis-shaped: conv F filters 4x4 (local currents, p=4, or plain for --kind backprop)
+-> maxpool(9, stride 2) -> ELU^n -> linear(F*11*11, 10). Prints the PGD rate next to a bare
+forward+backward loop on the same batch (the attack's floor), and the model's pool features with the
+conv output channels-last (what HebbCNN does) against contiguous NCHW (the slow CPU max-pool path),
+all measured in the same run.
 
-    python scripts/bench_attacks.py [--device cpu|cuda] [--batch 500] [--steps 20] [--repeats 3]
+    python scripts/bench_attacks.py [--device cpu|cuda] [--filters 100] [--kind local|backprop]
+                                    [--batch 500] [--steps 20] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,19 +18,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hebbrobust.attacks import fgsm, pgd
+from hebbrobust.config import ModelConfig
+from hebbrobust.models import HebbCNN, local_currents
 
-
-def thesis_shaped_model(filters: int = 100) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, filters, 4, bias=False),  # (B, F, 29, 29)
-        nn.MaxPool2d(9, stride=2),  # (B, F, 11, 11)
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(filters * 11 * 11, 10),
-    )
+P = 4.0  # the thesis-best rule power
 
 
 def best_of(repeats: int, fn: Callable[[], object]) -> float:
@@ -46,13 +42,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--filters", type=int, default=100)
+    parser.add_argument("--kind", choices=["local", "backprop"], default="local")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = thesis_shaped_model().to(device).eval()
+    power = 16 if args.kind == "local" else 1
+    cfg = ModelConfig(kind=args.kind, filters=args.filters, kernel=4, pool=9, activation="elu", power=power)
+    model = HebbCNN(cfg, (3, 32, 32), 10, P).to(device).eval()
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     eps = 8 / 255
@@ -67,13 +67,25 @@ def main() -> None:
                                               random_start=True))
     t_bare = best_of(args.repeats, bare)
     t_fgsm = best_of(args.repeats, lambda: fgsm(model, x, y, eps=eps))
+    w = model.conv_weight.detach()
+
+    @torch.no_grad()
+    def nchw_features() -> torch.Tensor:
+        h = local_currents(x, w, P) if args.kind == "local" else F.conv2d(x, w)
+        return F.max_pool2d(h.contiguous(), 9, 2)
+
+    t_nchw = best_of(args.repeats, nchw_features)
+    t_feat = best_of(args.repeats, lambda: model.features(x).detach())
+    assert torch.equal(nchw_features(), model.features(x).detach())
     work = args.batch * args.steps
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, steps {args.steps}, input 3x32x32")
+          f"{args.kind} model F={args.filters}, batch {args.batch}, steps {args.steps}, input 3x32x32")
     print(f"pgd                : {t_pgd:7.3f} s  {work / t_pgd:9.0f} image-steps/s")
     print(f"bare fwd+bwd loop  : {t_bare:7.3f} s  {work / t_bare:9.0f} image-steps/s  "
           f"(pgd overhead {t_pgd / t_bare - 1:+.1%})")
     print(f"fgsm (1 step)      : {t_fgsm:7.3f} s  {args.batch / t_fgsm:9.0f} images/s")
+    print(f"features           : {t_feat:7.3f} s channels-last vs {t_nchw:.3f} s NCHW "
+          f"({t_nchw / t_feat:.1f}x, identical values)")
 
 
 if __name__ == "__main__":
