@@ -35,7 +35,9 @@ def filter_grid(filters: np.ndarray, title: str = "", max_filters: int = 400) ->
             ax.imshow(w[0], cmap="gray", interpolation="nearest")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2)
+    # tight_layout ignores the suptitle: keep ~0.3 inch above the grid for it
+    top = 1 - 0.3 / fig.get_figheight() if title else 1
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, top))
     return fig
 
 
