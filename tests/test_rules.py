@@ -25,6 +25,14 @@ from hebbrobust.rules.krotov import (
     update_positions,
 )
 
+
+@pytest.fixture(autouse=True)
+def _packed_key_ranking_on_small_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' updates are small; production ranks those with topk. Here the packed-key ranking runs
+    on every size so its exactness is what the tests check (the topk path is checked explicitly)."""
+    monkeypatch.setattr(krotov, "GROUPED_MIN_PATCHES", 0)
+
+
 # --------------------------------------------------------------------------- the reference
 
 
@@ -168,10 +176,13 @@ def test_winning_units_converge_to_unit_p_norm() -> None:
     ],
 )
 @pytest.mark.parametrize("normalize", ["global", "per_filter"])
+@pytest.mark.parametrize("ranking", ["packed", "topk"])
 def test_update_batch_equals_the_dense_update(
-    F_: int, N: int, p: float, k: int, delta: float, normalize: str, monkeypatch: pytest.MonkeyPatch
+    F_: int, N: int, p: float, k: int, delta: float, normalize: str, ranking: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(krotov, "CHUNK_CURRENTS", 256 * F_ // min(torch.get_num_threads(), 4))  # blocks of 256
+    if ranking == "topk":
+        monkeypatch.setattr(krotov, "GROUPED_MIN_PATCHES", 1 << 30)
     W, V = random_problem(F_, N, 1000, p, seed=F_ + k)
     want = W.clone()
     apply_update(want, krotov_delta(W, V, p=p, k=k, delta=delta), 0.05, normalize)
@@ -203,7 +214,10 @@ def test_update_batch_is_exact_on_ties_and_near_ties() -> None:
         assert_close(got - W, 0.05 * want / np.abs(want).max())
 
 
-def test_update_positions_equals_one_dense_update_per_position() -> None:
+@pytest.mark.parametrize("ranking", ["packed", "topk"])
+def test_update_positions_equals_one_dense_update_per_position(ranking: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if ranking == "topk":  # what production uses for position updates (B patches each)
+        monkeypatch.setattr(krotov, "GROUPED_MIN_PATCHES", 1 << 30)
     p, k, delta = 4.0, 3, 0.4
     gen = torch.Generator().manual_seed(5)
     W = torch.randn(30, 12, generator=gen)
