@@ -362,12 +362,13 @@ def evaluate_robustness(
     start = time.perf_counter()
     batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
     total = batches(min(cfg.n_images, len(x_test))) * len(cfg.eps) + 1 + batches(cfg.radius_images)
-    done = [0]
+    done = 0
 
     def tick() -> None:
-        done[0] += 1
+        nonlocal done
+        done += 1
         if on_step is not None:
-            on_step("attacks", min(done[0], total), total, {})
+            on_step("attacks", done, total, {})
 
     metrics: dict[str, float | int | None | str] = {}
     grid = robust_accuracy_grid(model, x_test, y_test, cfg, seed=seed, tick=tick)
@@ -383,8 +384,8 @@ def evaluate_robustness(
     idx = _confident_correct(model, x_test, y_test, n=cfg.radius_images, confidence=cfg.confidence,
                              batch_size=cfg.batch_size)
     radii = _batched_radii(model, x_test[idx], y_test[idx], cfg, tick)
-    if done[0] < total:  # fewer confident images than asked for: fewer radius batches
-        done[0] = total - 1
+    if done < total:  # fewer confident images than asked for: fewer radius batches
+        done = total - 1
         tick()
     metrics[RADIUS_IMAGES] = int(idx.numel())
     eps_max = cfg.radius_pgd_ball

@@ -5,6 +5,7 @@ Progress goes through `on_epoch(stage, epoch, total, metrics)`; nothing here pri
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -181,12 +182,10 @@ def fit_head(
     """Train the linear head on frozen filters. Pool outputs are computed once and cached
     (memory-bounded) on the first batch, so a resumed finished head skips them; sigma^n and the
     head are trained on the cache."""
-    cached: list[torch.Tensor | None] = []
+    pool_features = functools.cache(lambda: _pool_features(model, x, cfg.batch_size))
 
     def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not cached:
-            cached.append(_pool_features(model, x, cfg.batch_size))
-        cache = cached[0]
+        cache = pool_features()
         h = cache[idx].float() if cache is not None else model.features(x[idx]).detach()
         out = model.classify(h)
         return F.nll_loss(out, y[idx]), (out.argmax(1) == y[idx]).sum()
