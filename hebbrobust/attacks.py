@@ -30,17 +30,22 @@ Norm = Literal["linf", "l2"]
 
 @contextmanager
 def eval_mode(model: Model) -> Iterator[None]:
-    """Puts every submodule of `model` in eval mode and restores each one's own flag afterwards."""
+    """Puts every submodule of `model` in eval mode and freezes its parameters (attacks need input
+    gradients only, so no weight gradient is computed); restores each flag afterwards."""
     if not isinstance(model, nn.Module):
         yield
         return
     flags = [(m, m.training) for m in model.modules()]
+    grads = [(q, q.requires_grad) for q in model.parameters()]
     model.eval()
+    model.requires_grad_(False)
     try:
         yield
     finally:
         for m, was_training in flags:
             m.training = was_training
+        for q, required in grads:
+            q.requires_grad_(required)
 
 
 def _per_image(v: Tensor, like: Tensor) -> Tensor:

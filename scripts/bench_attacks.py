@@ -4,7 +4,8 @@ Model: HebbCNN, thesis-shaped: conv F filters 4x4 (local currents, p=4, or plain
 -> maxpool(9, stride 2) -> ELU^n -> linear(F*11*11, 10). Prints the PGD rate next to a bare
 forward+backward loop on the same batch (the attack's floor), and the model's pool features with the
 conv output channels-last (what HebbCNN does) against contiguous NCHW (the slow CPU max-pool path),
-all measured in the same run.
+and, for --kind backprop, one training step (gradients of conv and head) of HebbCNN's block-wise CPU
+conv+pool against the dense conv2d -> max_pool2d composition; all measured in the same run.
 
     python scripts/bench_attacks.py [--device cpu|cuda] [--filters 100] [--kind local|backprop]
                                     [--batch 500] [--steps 20] [--repeats 3]
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from hebbrobust.attacks import fgsm, pgd
+from hebbrobust.attacks import eval_mode, fgsm, pgd
 from hebbrobust.config import ModelConfig
 from hebbrobust.models import HebbCNN, local_currents
 
@@ -58,9 +59,10 @@ def main() -> None:
     eps = 8 / 255
 
     def bare() -> None:
-        for _ in range(args.steps):
-            xg = x.clone().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+        with eval_mode(model):  # frozen parameters, as in the attacks
+            for _ in range(args.steps):
+                xg = x.clone().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
 
     fgsm(model, x, y, eps=eps)  # warm-up
     t_pgd = best_of(args.repeats, lambda: pgd(model, x, y, eps=eps, alpha=eps / 4, steps=args.steps,
@@ -77,6 +79,20 @@ def main() -> None:
     t_nchw = best_of(args.repeats, nchw_features)
     t_feat = best_of(args.repeats, lambda: model.features(x).detach())
     assert torch.equal(nchw_features(), model.features(x).detach())
+    train_line = ""
+    if args.kind == "backprop":
+        def train_step(features: Callable[[torch.Tensor], torch.Tensor]) -> None:
+            model.zero_grad()
+            F.nll_loss(model.classify(features(x)), y).backward()
+
+        def dense(xb: torch.Tensor) -> torch.Tensor:
+            return F.max_pool2d(F.conv2d(xb.contiguous(memory_format=torch.channels_last),
+                                         model.conv_weight), 9, 2)
+
+        t_train = best_of(args.repeats, lambda: train_step(model.features))
+        t_dense = best_of(args.repeats, lambda: train_step(dense))
+        train_line = (f"train step         : {t_train:7.3f} s block-wise vs {t_dense:.3f} s dense "
+                      f"({t_dense / t_train:.1f}x)")
     work = args.batch * args.steps
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{args.kind} model F={args.filters}, batch {args.batch}, steps {args.steps}, input 3x32x32")
@@ -86,6 +102,8 @@ def main() -> None:
     print(f"fgsm (1 step)      : {t_fgsm:7.3f} s  {args.batch / t_fgsm:9.0f} images/s")
     print(f"features           : {t_feat:7.3f} s channels-last vs {t_nchw:.3f} s NCHW "
           f"({t_nchw / t_feat:.1f}x, identical values)")
+    if train_line:
+        print(train_line)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def test_attack_contract(problem: tuple[nn.Module, Tensor, Tensor], name: str, m
     model, x, y = problem
     attack, norm, eps = ATTACKS[name]
     model.train(mode == "train")
+    next(model.parameters()).requires_grad_(False)  # a mix of frozen and trainable parameters
+    required = [q.requires_grad for q in model.parameters()]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x_in = x.clone()
 
@@ -127,6 +129,7 @@ def test_attack_contract(problem: tuple[nn.Module, Tensor, Tensor], name: str, m
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
+    assert [q.requires_grad for q in model.parameters()] == required  # parameters unfrozen again
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))

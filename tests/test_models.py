@@ -59,3 +59,29 @@ def test_activation_power() -> None:
 def test_too_large_pool_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="model.pool"):
         HebbCNN(ModelConfig(kernel=3, pool=9), (1, 8, 8), classes=10, p=3)
+
+
+@pytest.mark.parametrize("pool, stride", [(3, 2), (4, 1), (5, 5)])
+def test_blockwise_conv_pool_equals_dense_values_and_gradients(pool: int, stride: int) -> None:
+    """The CPU backprop path pools conv output block by block and keeps only argmax indices;
+    output and both gradients must equal the dense conv2d -> max_pool2d composition."""
+    g = torch.Generator().manual_seed(1)
+    model = HebbCNN(ModelConfig(kind="backprop", filters=6, kernel=3, pool=pool, pool_stride=stride),
+                    (2, 12, 11), 4, p=1.0)
+    x = torch.rand(19, 2, 12, 11, generator=g)  # 19: the last block is a partial one
+    x[3] = 0.5  # a constant image: ties inside every window, broken the same way
+    upstream = torch.randn(19, *model.feature_shape, generator=g)
+
+    def grads(feature_fn):
+        xr = x.clone().requires_grad_(True)
+        model.zero_grad()
+        out = feature_fn(xr)
+        (out * upstream).sum().backward()
+        return out.detach(), xr.grad, model.conv_weight.grad.clone()
+
+    dense = grads(lambda xr: F.max_pool2d(F.conv2d(xr, model.conv_weight), pool, stride))
+    blocks = grads(model.features)
+    assert torch.equal(blocks[0], dense[0])
+    for got, want in zip(blocks[1:], dense[1:]):
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # sums in another order
+    assert dense[2].abs().sum() > 0 and dense[1].abs().sum() > 0
