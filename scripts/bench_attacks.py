@@ -2,10 +2,10 @@
 
 Model: HebbCNN, thesis-shaped: conv F filters 4x4 (local currents, p=4, or plain for --kind backprop)
 -> maxpool(9, stride 2) -> ELU^n -> linear(F*11*11, 10). Prints the PGD rate next to a bare
-forward+backward loop on the same batch (the attack's floor), and the model's pool features with the
-conv output channels-last (what HebbCNN does) against contiguous NCHW (the slow CPU max-pool path),
-and, for --kind backprop, one training step (gradients of conv and head) of HebbCNN's block-wise CPU
-conv+pool against the dense conv2d -> max_pool2d composition; all measured in the same run.
+forward+backward loop on the same batch (the attack's floor). Then HebbCNN's block-wise CPU conv+pool
+(features(), with its hand-written backward) against the dense conv -> max_pool2d composition under
+autograd: pool features (dense channels-last and NCHW, the slow CPU max-pool layout), one input
+gradient (an attack step) and, for --kind backprop, one training step; all measured in the same run.
 
     python scripts/bench_attacks.py [--device cpu|cuda] [--filters 100] [--kind local|backprop]
                                     [--batch 500] [--steps 20] [--repeats 3]
@@ -69,30 +69,31 @@ def main() -> None:
                                               random_start=True))
     t_bare = best_of(args.repeats, bare)
     t_fgsm = best_of(args.repeats, lambda: fgsm(model, x, y, eps=eps))
-    w = model.conv_weight.detach()
+    w = model.conv_weight
 
-    @torch.no_grad()
-    def nchw_features() -> torch.Tensor:
-        h = local_currents(x, w, P) if args.kind == "local" else F.conv2d(x, w)
-        return F.max_pool2d(h.contiguous(), 9, 2)
+    def dense(xb: torch.Tensor, layout: torch.memory_format = torch.channels_last) -> torch.Tensor:
+        xb = xb.contiguous(memory_format=layout)
+        h = local_currents(xb, w, P) if args.kind == "local" else F.conv2d(xb, w)
+        return F.max_pool2d(h.contiguous(memory_format=layout), 9, 2)
 
-    t_nchw = best_of(args.repeats, nchw_features)
-    t_feat = best_of(args.repeats, lambda: model.features(x).detach())
-    assert torch.equal(nchw_features(), model.features(x).detach())
-    train_line = ""
-    if args.kind == "backprop":
-        def train_step(features: Callable[[torch.Tensor], torch.Tensor]) -> None:
-            model.zero_grad()
-            F.nll_loss(model.classify(features(x)), y).backward()
+    def input_grad(features: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        with eval_mode(model):
+            xg = x.clone().requires_grad_(True)
+            return torch.autograd.grad(F.cross_entropy(model.classify(features(xg)), y), xg)[0]
 
-        def dense(xb: torch.Tensor) -> torch.Tensor:
-            return F.max_pool2d(F.conv2d(xb.contiguous(memory_format=torch.channels_last),
-                                         model.conv_weight), 9, 2)
+    def train_step(features: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        model.zero_grad()
+        F.nll_loss(model.classify(features(x)), y).backward()
 
-        t_train = best_of(args.repeats, lambda: train_step(model.features))
-        t_dense = best_of(args.repeats, lambda: train_step(dense))
-        train_line = (f"train step         : {t_train:7.3f} s block-wise vs {t_dense:.3f} s dense "
-                      f"({t_dense / t_train:.1f}x)")
+    with torch.no_grad():
+        t_feat = best_of(args.repeats, lambda: model.features(x))
+        t_cl = best_of(args.repeats, lambda: dense(x))
+        t_nchw = best_of(args.repeats, lambda: dense(x, torch.contiguous_format))
+        feat_err = ((model.features(x) - dense(x)).abs().max() / dense(x).abs().max()).item()
+    t_grad = best_of(args.repeats, lambda: input_grad(model.features))
+    t_grad_dense = best_of(args.repeats, lambda: input_grad(dense))
+    want = input_grad(dense)
+    grad_err = ((input_grad(model.features) - want).abs().max() / want.abs().max()).item()
     work = args.batch * args.steps
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{args.kind} model F={args.filters}, batch {args.batch}, steps {args.steps}, input 3x32x32")
@@ -100,11 +101,15 @@ def main() -> None:
     print(f"bare fwd+bwd loop  : {t_bare:7.3f} s  {work / t_bare:9.0f} image-steps/s  "
           f"(pgd overhead {t_pgd / t_bare - 1:+.1%})")
     print(f"fgsm (1 step)      : {t_fgsm:7.3f} s  {args.batch / t_fgsm:9.0f} images/s")
-    print(f"features           : {t_feat:7.3f} s channels-last vs {t_nchw:.3f} s NCHW "
-          f"({t_nchw / t_feat:.1f}x, identical values)")
-    if train_line:
-        print(train_line)
-
+    print(f"features (no grad) : {t_feat:7.3f} s HebbCNN vs dense {t_cl:.3f} s channels-last "
+          f"({t_cl / t_feat:.1f}x), {t_nchw:.3f} s NCHW ({t_nchw / t_feat:.1f}x); max rel diff {feat_err:.1e}")
+    print(f"input gradient     : {t_grad:7.3f} s HebbCNN vs dense {t_grad_dense:.3f} s "
+          f"({t_grad_dense / t_grad:.1f}x); max rel diff {grad_err:.1e}")
+    if args.kind == "backprop":
+        t_train = best_of(args.repeats, lambda: train_step(model.features))
+        t_train_dense = best_of(args.repeats, lambda: train_step(dense))
+        print(f"train step         : {t_train:7.3f} s HebbCNN vs dense {t_train_dense:.3f} s "
+              f"({t_train_dense / t_train:.1f}x)")
 
 if __name__ == "__main__":
     main()
