@@ -50,7 +50,13 @@ def local_currents(x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Ten
     return F.conv2d(x, _power_kernel(weight, p)) / _window_norm(x, weight.shape, p)[1]
 
 
-CPU_POOL_CHUNK = 8  # images per conv+pool block on CPU: the block's conv output stays in cache
+CPU_BLOCK_CURRENTS = 1 << 22  # conv outputs per block on CPU (16 MB, 12 CIFAR images at F=400): stays in cache
+
+
+def _block(x: torch.Tensor, weight: torch.Tensor) -> int:
+    """Images per block: as many as CPU_BLOCK_CURRENTS conv outputs hold (at least 1)."""
+    per_image = weight.shape[0] * (x.shape[2] - weight.shape[2] + 1) * (x.shape[3] - weight.shape[3] + 1)
+    return max(1, CPU_BLOCK_CURRENTS // per_image)
 
 
 class _ConvMaxPool(torch.autograd.Function):
@@ -68,7 +74,7 @@ class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, p, pool, stride):  # type: ignore[override]
         outs, idxs = [], []
-        for xb in x.split(CPU_POOL_CHUNK):
+        for xb in x.split(_block(x, weight)):
             h = F.conv2d(xb, weight) if p is None else local_currents(xb, weight, p)
             out, idx = F.max_pool2d_with_indices(h, pool, stride)
             outs.append(out)
@@ -89,7 +95,7 @@ class _ConvMaxPool(torch.autograd.Function):
         oh, ow = x.shape[2] - k + 1, x.shape[3] - k + 1
         kernel = (weight if p is None else _power_kernel(weight, p)).reshape(f, -1)
         grad_x, grad_w = [], torch.zeros_like(kernel) if need_w else None
-        blocks = (t.split(CPU_POOL_CHUNK) for t in (x, idx, grad, out))
+        blocks = (t.split(_block(x, weight)) for t in (x, idx, grad, out))
         for xb, ib, gb, ob in zip(*blocks, strict=True):
             b, at = len(xb), ib.flatten(2).long()  # argmax positions (b, F, pooled)
             dense = gb.new_zeros(b, oh * ow, f)  # d loss / d h, (b, positions, F)

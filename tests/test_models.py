@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hebbrobust import models
 from hebbrobust.config import ModelConfig
 from hebbrobust.models import HebbCNN, activation_power, local_currents
 
@@ -63,10 +64,13 @@ def test_too_large_pool_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("kind, p", [("backprop", 1.0), ("local", 1.0), ("local", 2.0), ("local", 4.5)])
 @pytest.mark.parametrize("pool, stride", [(3, 2), (4, 1), (5, 5)])
-def test_blockwise_conv_pool_equals_dense_values_and_gradients(kind: str, p: float, pool: int, stride: int) -> None:
+def test_blockwise_conv_pool_equals_dense_values_and_gradients(
+    kind: str, p: float, pool: int, stride: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On CPU, features() pools the conv output block by block, keeps only argmax indices and has a
     hand-written backward; output and gradients (input, and the conv weights of the backprop model)
     must equal the dense conv -> max_pool2d composition under autograd."""
+    monkeypatch.setattr(models, "CPU_BLOCK_CURRENTS", 6 * 10 * 9 * 8)  # blocks of 8 images: 8, 8, 3
     g = torch.Generator().manual_seed(1)
     model = HebbCNN(ModelConfig(kind=kind, filters=6, kernel=3, pool=pool, pool_stride=stride),
                     (2, 12, 11), 4, p=p)
