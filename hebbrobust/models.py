@@ -95,6 +95,7 @@ class _ConvMaxPool(torch.autograd.Function):
         oh, ow = x.shape[2] - k + 1, x.shape[3] - k + 1
         kernel = (weight if p is None else _power_kernel(weight, p)).reshape(f, -1)
         grad_x, grad_w = [], torch.zeros_like(kernel) if need_w else None
+        ones = torch.ones((1, *weight.shape[1:]), dtype=x.dtype, device=x.device)  # spreads d/ds over windows
         blocks = (t.split(_block(x, weight)) for t in (x, idx, grad, out))
         for xb, ib, gb, ob in zip(*blocks, strict=True):
             b, at = len(xb), ib.flatten(2).long()  # argmax positions (b, F, pooled)
@@ -110,7 +111,6 @@ class _ConvMaxPool(torch.autograd.Function):
             if need_x:
                 gx = F.fold((dense @ kernel).transpose(1, 2), x.shape[2:], k)
                 if p is not None:  # ds/dx = p sign(x) |x|^(p-1), summed over the windows holding x
-                    ones = torch.ones((1, *weight.shape[1:]), dtype=x.dtype, device=x.device)
                     spread = F.conv_transpose2d(d_s.view(b, 1, oh, ow), ones)
                     gx += spread * p * xb.sign() * xb.abs().pow(p - 1)
                 grad_x.append(gx)
