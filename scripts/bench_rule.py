@@ -117,9 +117,9 @@ def bench_shape(
     W0 = init_weights(F_, N, seed=0, device=device)
 
     t_extract = timed(lambda: extract_patches(images, w, p), reps, device)
-    patches = extract_patches(images, w, p)  # (B, P, N)
+    V = extract_patches(images, w, p).view(-1, N)  # (B·P, N), for `batch`
+    patches = extract_patches(images, w, p, position_major=True)  # (B, P, N) stored (P, B, N), for `position`
     P = patches.shape[1]
-    V = patches.view(-1, N)  # (B·P, N)
     mm = matmul_rate(V, W0, 4096, reps)
     rows: list[dict[str, object]] = []
 

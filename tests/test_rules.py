@@ -26,11 +26,13 @@ from hebbrobust.rules.krotov import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _packed_key_ranking_on_small_updates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tests' updates are small; production ranks those with topk. Here the packed-key ranking runs
-    on every size so its exactness is what the tests check (the topk path is checked explicitly)."""
-    monkeypatch.setattr(krotov, "GROUPED_MIN_PATCHES", 0)
+@pytest.fixture(params=["compiled", "topk"])
+def ranking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both CPU paths of the fast updates: the compiled kernel (production) and torch.topk (a GPU, or no
+    numba)."""
+    if request.param == "topk":
+        monkeypatch.setattr(krotov._kernel, "AVAILABLE", False)
+    return str(request.param)
 
 
 # --------------------------------------------------------------------------- the reference
@@ -168,21 +170,18 @@ def test_winning_units_converge_to_unit_p_norm() -> None:
     [
         (24, 27, 3.0, 2, 0.4),
         (400, 48, 4.0, 5, 0.1),
-        (100, 12, 2.0, 2, 0.0),  # 100 units in groups of 8: a padded last group
+        (100, 12, 2.0, 2, 0.0),  # Δ = 0: no anti-Hebbian term
         (64, 9, 6.0, 6, 1.0),
-        (5, 8, 3.0, 4, 0.4),  # F = k+1: groups of one unit
-        (3, 4, 2.5, 3, 0.4),  # F = k: topk
-        (5000, 4, 3.0, 3, 0.4),
+        (5, 8, 3.0, 4, 0.4),
+        (3, 4, 2.5, 3, 0.4),  # F = k: the k-th ranked unit is the last one
+        (5000, 4, 3.0, 3, 0.4),  # more units than patches per block
     ],
 )
 @pytest.mark.parametrize("normalize", ["global", "per_filter"])
-@pytest.mark.parametrize("ranking", ["packed", "topk"])
 def test_update_batch_equals_the_dense_update(
     F_: int, N: int, p: float, k: int, delta: float, normalize: str, ranking: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(krotov, "CHUNK_CURRENTS", 256 * F_ // min(torch.get_num_threads(), 4))  # blocks of 256
-    if ranking == "topk":
-        monkeypatch.setattr(krotov, "GROUPED_MIN_PATCHES", 1 << 30)
+    monkeypatch.setattr(krotov, "CHUNK_CURRENTS", 256 * F_)  # blocks of 256 patches
     W, V = random_problem(F_, N, 1000, p, seed=F_ + k)
     want = W.clone()
     apply_update(want, krotov_delta(W, V, p=p, k=k, delta=delta), 0.05, normalize)
@@ -191,10 +190,10 @@ def test_update_batch_equals_the_dense_update(
     assert_close(got - W, want - W)
 
 
-def test_update_batch_is_exact_on_ties_and_near_ties() -> None:
+def test_update_batch_is_exact_on_ties_and_near_ties(ranking: str) -> None:
     """All-zero patches tie every unit; unit 0 is a copy of unit 1 with one weight larger by 2^-16, so it
-    beats unit 1 by less than the ranking keys resolve (they give some mantissa bits to ids). Dyadic
-    values with p = 2 make every current exact in float32, so the right order is not in doubt."""
+    beats unit 1 by one part in ~10^5. Dyadic values with p = 2 make every current exact in float32, so
+    the right order is not in doubt."""
     gen = torch.Generator().manual_seed(11)
     F_, N = 40, 16
     W = torch.randint(0, 1 << 10, (F_, N), generator=gen) / 2.0**10  # (F, N) in [0, 1)
@@ -214,10 +213,26 @@ def test_update_batch_is_exact_on_ties_and_near_ties() -> None:
         assert_close(got - W, 0.05 * want / np.abs(want).max())
 
 
-@pytest.mark.parametrize("ranking", ["packed", "topk"])
-def test_update_positions_equals_one_dense_update_per_position(ranking: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if ranking == "topk":  # what production uses for position updates (B patches each)
-        monkeypatch.setattr(krotov, "GROUPED_MIN_PATCHES", 1 << 30)
+def test_kernel_ranks_like_a_stable_descending_sort_and_adds_g_transpose_v() -> None:
+    """The compiled kernel alone: exact ties (repeated currents) rank the lower unit first, as
+    np.argsort(-I, kind="stable") does; H_parts summed over threads is gᵀV."""
+    assert krotov._kernel.AVAILABLE, "numba is a dependency: CPU updates must use the compiled kernel"
+    rng = np.random.default_rng(3)
+    c, F_, N, k, delta = 777, 37, 10, 4, 0.3
+    I = rng.integers(0, 6, (c, F_)).astype(np.float32)  # values 0..5: every row full of ties
+    I[:5] = 1.0  # all units tied
+    V = rng.random((c, N), dtype=np.float32)
+    parts = np.zeros((3, F_, N), np.float32)
+    krotov._kernel.rank_and_add(I, V, k, delta, parts)
+    order = np.argsort(-I, axis=1, kind="stable")
+    g = np.zeros((c, F_))
+    g[np.arange(c), order[:, 0]] = 1.0
+    g[np.arange(c), order[:, k - 1]] = -delta
+    np.testing.assert_allclose(parts.sum(0), g.T @ V, rtol=1e-5, atol=1e-5)
+    assert (parts != 0).any(axis=(1, 2)).all()  # every thread's part got patches
+
+
+def test_update_positions_equals_one_dense_update_per_position(ranking: str) -> None:
     p, k, delta = 4.0, 3, 0.4
     gen = torch.Generator().manual_seed(5)
     W = torch.randn(30, 12, generator=gen)
