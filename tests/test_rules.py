@@ -317,6 +317,8 @@ def test_extract_patches_matches_unfold_and_conv2d_ordering() -> None:
     window = F.conv2d(images.abs() ** p, torch.ones(1, 3, w, w)).flatten(2).transpose(1, 2) ** (1 / p)
     window = torch.where(window < 1e-7, torch.ones_like(window), window)
     assert_close(got @ Wk.reshape(5, -1).T * window, conv.double())
+    by_position = extract_patches(images, w, p, position_major=True)  # the same values, (P, B, N) storage
+    assert torch.equal(by_position, got) and by_position[:, 7].is_contiguous()
 
 
 def test_normalize_patches_divides_by_one_below_the_floor() -> None:
