@@ -57,6 +57,21 @@ def test_activation_power() -> None:
     assert torch.allclose(activation_power(x, "rexp", 7), torch.relu(torch.expm1(x)))
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 12, 16, 30])
+def test_integer_powers_by_squaring_equal_pow_with_and_without_autograd(n: int) -> None:
+    x = torch.linspace(-1.5, 1.2, 101)
+    want = F.elu(x.double()) ** n
+    fast = activation_power(x, "elu", n)  # no autograd: squared in place
+    xg = x.clone().requires_grad_(True)
+    slow = activation_power(xg, "elu", n)  # autograd: pow
+    torch.testing.assert_close(fast.double(), want, rtol=1e-5, atol=1e-30)
+    torch.testing.assert_close(slow.detach(), fast, rtol=1e-5, atol=1e-30)
+    slow.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    y = x.clone()
+    assert models.int_power_(y, n).data_ptr() == y.data_ptr() or n & (n - 1)  # powers of two reuse x
+
+
 def test_too_large_pool_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="model.pool"):
         HebbCNN(ModelConfig(kernel=3, pool=9), (1, 8, 8), classes=10, p=3)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hebbrobust.config import RuleConfig
+from hebbrobust.models import int_power_
 from hebbrobust.rules import _kernel
 
 NORM_FLOOR = 1e-7  # a patch with ‖x‖_p below this is divided by 1 instead (SCIENCE.md §1)
@@ -105,21 +106,11 @@ def _normalize_(v: Tensor, p: float) -> Tensor:
 
 
 def _abs_pow_sum(v: Tensor, p: float) -> Tensor:
-    """Σ_i |v_i|^p over the last axis, keepdim. Integer p by repeated squaring: vectorised multiplies
-    are several times faster than a general pow on CPU."""
-    a = v.abs()  # a fresh tensor: squared in place below
+    """Σ_i |v_i|^p over the last axis, keepdim; integer p by repeated squaring."""
     n = int(p)
     if n != p or not 1 <= n <= 64:
-        return a.pow_(p).sum(-1, keepdim=True)
-    result: Tensor | None = None
-    while n:
-        if n & 1:
-            result = (a if n == 1 else a.clone()) if result is None else result.mul_(a)
-        n >>= 1
-        if n:
-            a.mul_(a)
-    assert result is not None
-    return result.sum(-1, keepdim=True)
+        return v.abs().pow_(p).sum(-1, keepdim=True)
+    return int_power_(v.abs(), n).sum(-1, keepdim=True)
 
 
 def extract_patches(images: Tensor, kernel: int, p: float, *, position_major: bool = False) -> Tensor:
