@@ -215,21 +215,41 @@ def test_update_batch_is_exact_on_ties_and_near_ties(ranking: str) -> None:
 
 def test_kernel_ranks_like_a_stable_descending_sort_and_adds_g_transpose_v() -> None:
     """The compiled kernel alone: exact ties (repeated currents) rank the lower unit first, as
-    np.argsort(-I, kind="stable") does; H_parts summed over threads is gᵀV."""
+    np.argsort(-I, kind="stable") does, and H gets gᵀV, bit for bit the same on 1 or 2 threads."""
     assert krotov._kernel.AVAILABLE, "numba is a dependency: CPU updates must use the compiled kernel"
     rng = np.random.default_rng(3)
     c, F_, N, k, delta = 777, 37, 10, 4, 0.3
     I = rng.integers(0, 6, (c, F_)).astype(np.float32)  # values 0..5: every row full of ties
     I[:5] = 1.0  # all units tied
     V = rng.random((c, N), dtype=np.float32)
-    parts = np.zeros((3, F_, N), np.float32)
-    krotov._kernel.rank_and_add(I, V, k, delta, parts)
     order = np.argsort(-I, axis=1, kind="stable")
     g = np.zeros((c, F_))
     g[np.arange(c), order[:, 0]] = 1.0
     g[np.arange(c), order[:, k - 1]] = -delta
-    np.testing.assert_allclose(parts.sum(0), g.T @ V, rtol=1e-5, atol=1e-5)
-    assert (parts != 0).any(axis=(1, 2)).all()  # every thread's part got patches
+    got = []
+    for threads in (1, 2):
+        krotov._kernel.set_threads(threads)
+        H = np.zeros((F_, N), np.float32)
+        krotov._kernel.rank_and_add(I, V, k, delta, H)
+        np.testing.assert_allclose(H, g.T @ V, rtol=1e-5, atol=1e-5)
+        got.append(H)
+    krotov._kernel.set_threads(torch.get_num_threads())
+    assert np.array_equal(got[0], got[1])
+
+
+def test_update_batch_does_not_depend_on_the_thread_count() -> None:
+    W, V = random_problem(64, 27, 3000, 3.0, seed=9)
+    steps = []
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = W.clone()
+            update_batch(got, V, p=3.0, k=3, delta=0.4, lr=0.05)
+        finally:
+            torch.set_num_threads(before)
+        steps.append(got)
+    assert torch.equal(steps[0], steps[1])
 
 
 def test_update_positions_equals_one_dense_update_per_position(ranking: str) -> None:

@@ -1,12 +1,13 @@
 """A compiled CPU kernel for the Krotov–Hopfield update: rank every patch's currents and add the
-patch to the Hebbian term, in one pass per patch (numba).
+patch to the Hebbian term (numba).
 
 For a block of c patches with currents I (c, F) = V·(Wᵖ)ᵀ, `rank_and_add` finds per patch b the top
 unit and the k-th ranked unit (a running top-k by insertion: one compare per current, and an insertion
 only when a current beats the running k-th, about k·ln(F/k) times per patch), then adds V_b to row
-`top` and -Δ·V_b to row `kth` of H (F, N), i.e. H += gᵀV. The c patches are split into T contiguous
-parts, one per thread; part t accumulates into H_parts[t], so no two threads write the same memory and
-the caller sums the parts once per update.
+`top` and -Δ·V_b to row `kth` of H (F, N), i.e. H += gᵀV. Both passes run in parallel: the ranking over
+patches, the sums over rows of H (each thread owns a range of units and adds, in patch order, the patches
+that chose them). Every row of H is thus summed in patch order whatever the number of threads, so
+results do not depend on it (a study's trials get the same filters on 1 or 16 cores).
 
 Ties rank the lower unit index first (as a stable descending sort). A NaN current is never ranked
 (units 0..k-1 fill what is left); only diverged weights make one, and their update is NaN anyway,
@@ -15,7 +16,7 @@ which training reports as divergence. Without numba krotov.py ranks with torch.t
 Why compiled: at N = 48 inputs a current costs 48 multiply-adds, so ranking with whole-array torch ops
 (topk, or max-reductions that each read the currents again) costs as much as the current GEMM, and the
 index_add of the Hebbian term runs scalar code per element. One pass over currents still in cache does
-both for a fraction of the GEMM's time (scripts/bench_rule.py).
+the ranking for a fraction of the GEMM's time (scripts/bench_rule.py).
 """
 
 from __future__ import annotations
@@ -35,25 +36,25 @@ __all__ = ["AVAILABLE", "rank_and_add", "set_threads"]
 AVAILABLE = numba is not None
 
 
-def _rank_and_add(I, V, k, delta, H_parts):  # type: ignore[no-untyped-def]
-    """I (c, F) float32 currents, V (c, N) float32 patches, H_parts (T, F, N) float32, added to."""
+def _rank_and_add(I, V, k, delta, H, T):  # type: ignore[no-untyped-def]
+    """I (c, F) float32 currents, V (c, N) float32 patches, H (F, N) float32, added to; T threads."""
     c, F = I.shape
     N = V.shape[1]
-    T = H_parts.shape[0]
+    top = np.empty(c, np.int64)
+    kth = np.empty(c, np.int64)
     per = (c + T - 1) // T
-    for t in numba.prange(T):
+    for t in numba.prange(T):  # rank: threads take contiguous runs of patches
         vals = np.empty(k, np.float32)  # the running top k currents, best first
         ids = np.empty(k, np.int64)
-        H = H_parts[t]
         for b in range(t * per, min(c, t * per + per)):
             row = I[b]
             for j in range(k):
                 vals[j] = -np.inf
                 ids[j] = j
-            kth = np.float32(-np.inf)
+            least = np.float32(-np.inf)
             for f in range(F):
                 x = row[f]
-                if x > kth:  # strict: an equal current does not displace a lower index
+                if x > least:  # strict: an equal current does not displace a lower index
                     j = k - 1
                     while j > 0 and vals[j - 1] < x:
                         vals[j] = vals[j - 1]
@@ -61,13 +62,22 @@ def _rank_and_add(I, V, k, delta, H_parts):  # type: ignore[no-untyped-def]
                         j -= 1
                     vals[j] = x
                     ids[j] = f
-                    kth = vals[k - 1]
-            v = V[b]
-            top_row = H[ids[0]]
-            kth_row = H[ids[k - 1]]
-            for n in range(N):
-                top_row[n] += v[n]
-                kth_row[n] -= delta * v[n]
+                    least = vals[k - 1]
+            top[b] = ids[0]
+            kth[b] = ids[k - 1]
+    units = (F + T - 1) // T
+    for t in numba.prange(T):  # add: threads own contiguous runs of units, patches go in order
+        lo, hi = t * units, min(F, t * units + units)
+        for b in range(c):
+            u, q = top[b], kth[b]
+            if lo <= u < hi:
+                v, h = V[b], H[u]
+                for n in range(N):
+                    h[n] += v[n]
+            if lo <= q < hi:
+                v, h = V[b], H[q]
+                for n in range(N):
+                    h[n] -= delta * v[n]
 
 
 if numba is not None:
@@ -76,10 +86,10 @@ if numba is not None:
     _compiled = numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)(_rank_and_add)
 
 
-def rank_and_add(I: np.ndarray, V: np.ndarray, k: int, delta: float, H_parts: np.ndarray) -> None:
-    """H_parts[t] += gᵀV over part t of the patches; see the module docstring. Arrays are float32,
+def rank_and_add(I: np.ndarray, V: np.ndarray, k: int, delta: float, H: np.ndarray) -> None:
+    """H += gᵀV for the patches V with currents I; see the module docstring. Arrays are float32,
     C-contiguous; I and V have the same rows; 1 <= k <= F."""
-    _compiled(I, V, k, np.float32(delta), H_parts)
+    _compiled(I, V, k, np.float32(delta), H, numba.get_num_threads())
 
 
 def set_threads(n: int) -> int:

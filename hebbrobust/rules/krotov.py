@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -195,19 +194,18 @@ class _Workspace:
     p: float
     k: int
     chunk: int  # patches per block of currents
-    parts: np.ndarray | None  # (T, F, N) per-thread Hebbian terms of the compiled kernel; None: topk
+    compiled: bool  # rank and add with the compiled kernel (CPU float32, numba), else topk + index_add
 
     @classmethod
     def make(cls, W: Tensor, rows: int, p: float, k: int) -> _Workspace:
         F_, N = W.shape
         on_cpu = W.device.type == "cpu"
         chunk = min(rows, max(256, CHUNK_CURRENTS // F_) if on_cpu else CUDA_CHUNK)
-        parts = None
-        if on_cpu and W.dtype == torch.float32 and _kernel.AVAILABLE:
-            threads = _kernel.set_threads(torch.get_num_threads())
-            parts = np.zeros((threads, F_, N), np.float32)
+        compiled = on_cpu and W.dtype == torch.float32 and _kernel.AVAILABLE
+        if compiled:
+            _kernel.set_threads(torch.get_num_threads())
         e = torch.empty_like
-        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, parts)
+        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, compiled)
 
 
 def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -221,21 +219,16 @@ def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, norma
     V = V.contiguous()
     Wp = _power_weights_into(W, ws.p, ws.Wp)  # (F, N)
     H = ws.H.zero_()  # (F, N) accumulates gᵀV
-    parts = ws.parts
-    if parts is not None:
-        parts.fill(0.0)
     for start in range(0, V.shape[0], ws.chunk):
         Vc = V[start : start + ws.chunk]  # (c, N)
         I = torch.mm(Vc, Wp.T, out=ws.I[: Vc.shape[0]])  # (c, F) currents
-        if parts is not None:
-            _kernel.rank_and_add(I.numpy(), Vc.detach().numpy(), ws.k, delta, parts)
+        if ws.compiled:
+            _kernel.rank_and_add(I.numpy(), Vc.detach().numpy(), ws.k, delta, H.numpy())
             continue
         top, kth = _rank_topk(I, ws.k)
         H.index_add_(0, top, Vc)
         if delta:
             H.index_add_(0, kth, Vc, alpha=-delta)
-    if parts is not None:
-        torch.sum(torch.from_numpy(parts), 0, out=H)
     decay = (Wp * H).sum(1, keepdim=True)  # (F, 1) Σ_b g_bμ I_bμ = ⟨Wᵖ_μ, (gᵀV)_μ⟩
     dW = torch.sub(H, torch.mul(W, decay, out=ws.dW), out=ws.dW)  # (F, N)
     _scaled_add_(W, dW, lr, normalize)
