@@ -20,11 +20,15 @@ from hebbrobust.config import ModelConfig
 NORM_FLOOR = 1e-7  # patches with a smaller p-norm are not rescaled (divisor 1)
 
 
-def activation_power(x: torch.Tensor, activation: str, n: float) -> torch.Tensor:
-    """sigma(x)^n; integer n is a plain power (ELU^16 is even), other n keep the sign: sign(s)|s|^n."""
+def activation_power(x: torch.Tensor, activation: str, n: float, *, inplace: bool = False) -> torch.Tensor:
+    """sigma(x)^n; integer n is a plain power (ELU^16 is even), other n keep the sign: sign(s)|s|^n.
+    inplace: x may be overwritten (a buffer no gradient flows through)."""
     if activation == "rexp":
-        return torch.relu(torch.expm1(x))
-    s = {"relu": torch.relu, "elu": F.elu, "gelu": F.gelu}[activation](x)
+        return torch.relu_(torch.expm1_(x)) if inplace else torch.relu(torch.expm1(x))
+    if inplace and activation in ("relu", "elu"):
+        s = torch.relu_(x) if activation == "relu" else F.elu(x, inplace=True)
+    else:
+        s = {"relu": torch.relu, "elu": F.elu, "gelu": F.gelu}[activation](x)
     if n == 1:
         return s
     if float(n).is_integer():
@@ -168,9 +172,10 @@ class HebbCNN(nn.Module):
         h = F.conv2d(x, self.conv_weight) if p is None else local_currents(x, self.conv_weight, p)
         return F.max_pool2d(h, self.pool, self.pool_stride)
 
-    def classify(self, h: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities from pool output."""
-        return F.log_softmax(self.head(activation_power(h, self.activation, self.power).flatten(1)), dim=1)
+    def classify(self, h: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """Log-probabilities from pool output h (overwritten when inplace)."""
+        a = activation_power(h, self.activation, self.power, inplace=inplace)
+        return F.log_softmax(self.head(a.flatten(1)), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))

@@ -115,6 +115,18 @@ def _pool_features(model: HebbCNN, x: torch.Tensor, batch_size: int) -> torch.Te
         return torch.cat([model.features(xb).to(dtype) for xb in x.split(batch_size)])
 
 
+def _gather(cache: torch.Tensor, idx: torch.Tensor, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+    """cache[idx] as float32 in buffers reused from batch to batch: a fresh batch-sized tensor per step
+    (230 MB for CIFAR at F=400) cost page faults, 40% of a head step."""
+    n = len(idx)
+    if "rows" not in buffers or len(buffers["rows"]) < n:
+        buffers["rows"] = cache.new_empty((n, *cache.shape[1:]))
+        if cache.dtype != torch.float32:
+            buffers["float"] = torch.empty(buffers["rows"].shape, dtype=torch.float32, device=cache.device)
+    rows = torch.index_select(cache, 0, idx, out=buffers["rows"][:n])
+    return rows if rows.dtype == torch.float32 else buffers["float"][:n].copy_(rows)
+
+
 def _optimise(
     params: list[torch.nn.Parameter],
     loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
@@ -183,11 +195,12 @@ def fit_head(
     (memory-bounded) on the first batch, so a resumed finished head skips them; sigma^n and the
     head are trained on the cache."""
     pool_features = functools.cache(lambda: _pool_features(model, x, cfg.batch_size))
+    buffers: dict[str, torch.Tensor] = {}
 
     def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cache = pool_features()
-        h = cache[idx].float() if cache is not None else model.features(x[idx]).detach()
-        out = model.classify(h)
+        h = _gather(cache, idx, buffers) if cache is not None else model.features(x[idx]).detach()
+        out = model.classify(h, inplace=True)  # h is a fresh tensor or a buffer, no gradient flows to it
         return F.nll_loss(out, y[idx]), (out.argmax(1) == y[idx]).sum()
 
     return _optimise(

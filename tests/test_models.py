@@ -57,6 +57,16 @@ def test_activation_power() -> None:
     assert torch.allclose(activation_power(x, "rexp", 7), torch.relu(torch.expm1(x)))
 
 
+@pytest.mark.parametrize("activation", ["relu", "elu", "gelu", "rexp"])
+@pytest.mark.parametrize("n", [1, 4, 1.5])
+def test_activation_power_in_place_equals_out_of_place(activation: str, n: float) -> None:
+    x = torch.linspace(-1.5, 1.2, 101)
+    want = activation_power(x, activation, n)
+    buffer = x.clone()
+    got = activation_power(buffer, activation, n, inplace=True)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 12, 16, 30])
 def test_integer_powers_by_squaring_equal_pow_with_and_without_autograd(n: int) -> None:
     x = torch.linspace(-1.5, 1.2, 101)
