@@ -32,7 +32,7 @@ def activation_power(x: torch.Tensor, activation: str, n: float, *, inplace: boo
     if n == 1:
         return s
     if float(n).is_integer():
-        # without autograd (head training on cached features) s is a fresh tensor: square it in place,
+        # without autograd s is a fresh tensor or the caller's buffer (inplace): square it in place,
         # several times faster than pow on CPU
         return s.pow(int(n)) if s.requires_grad or int(n) < 1 else int_power_(s, int(n))
     return s.sign() * s.abs().pow(n)

@@ -92,8 +92,6 @@ def rank_and_add(I: np.ndarray, V: np.ndarray, k: int, delta: float, H: np.ndarr
     _compiled(I, V, k, np.float32(delta), H, numba.get_num_threads())
 
 
-def set_threads(n: int) -> int:
-    """Use at most n threads (and at most numba's pool) in the calling thread; returns the count."""
-    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n
+def set_threads(n: int) -> None:
+    """Use at most n threads (and at most numba's pool) in the calling thread."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))

@@ -198,7 +198,7 @@ class _Workspace:
 
     @classmethod
     def make(cls, W: Tensor, rows: int, p: float, k: int) -> _Workspace:
-        F_, N = W.shape
+        F_ = W.shape[0]
         on_cpu = W.device.type == "cpu"
         chunk = min(rows, max(256, CHUNK_CURRENTS // F_) if on_cpu else CUDA_CHUNK)
         compiled = on_cpu and W.dtype == torch.float32 and _kernel.AVAILABLE
