@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hebbrobust import _maxpool
 from hebbrobust.config import ModelConfig
 
 NORM_FLOOR = 1e-7  # patches with a smaller p-norm are not rescaled (divisor 1)
@@ -96,7 +97,7 @@ class _ConvMaxPool(torch.autograd.Function):
         outs, idxs = [], []
         for xb in x.split(_block(x, weight)):
             h = F.conv2d(xb, weight) if p is None else local_currents(xb, weight, p)
-            out, idx = F.max_pool2d_with_indices(h, pool, stride)
+            out, idx = _maxpool.max_pool2d_with_indices(h, pool, stride)
             outs.append(out)
             idxs.append(idx.to(torch.int32))
         out = torch.cat(outs)

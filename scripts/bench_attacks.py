@@ -4,8 +4,9 @@ Model: HebbCNN, thesis-shaped: conv F filters 4x4 (local currents, p=4, or plain
 -> maxpool(9, stride 2) -> ELU^n -> linear(F*11*11, 10). Prints the PGD rate next to a bare
 forward+backward loop on the same batch (the attack's floor). Then HebbCNN's block-wise CPU conv+pool
 (features(), with its hand-written backward) against the dense conv -> max_pool2d composition under
-autograd: pool features (dense channels-last and NCHW, the slow CPU max-pool layout), one input
-gradient (an attack step) and, for --kind backprop, one training step; all measured in the same run.
+autograd: pool features (dense channels-last and NCHW, the slow CPU max-pool layout), the max-pool alone
+(hebbrobust's compiled one against torch's, on one block), one input gradient (an attack step) and, for
+--kind backprop, one training step; all measured in the same run.
 
     python scripts/bench_attacks.py [--device cpu|cuda] [--filters 100] [--kind local|backprop]
                                     [--batch 500] [--steps 20] [--repeats 3]
@@ -20,9 +21,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from hebbrobust import _maxpool
 from hebbrobust.attacks import eval_mode, fgsm, pgd
 from hebbrobust.config import ModelConfig
-from hebbrobust.models import HebbCNN, local_currents
+from hebbrobust.models import CPU_BLOCK_CURRENTS, HebbCNN, local_currents
 
 P = 4.0  # the thesis-best rule power
 
@@ -91,6 +93,11 @@ def main() -> None:
         t_nchw = best_of(args.repeats, lambda: dense(x, torch.contiguous_format))
         want = dense(x)
         feat_err = ((model.features(x) - want).abs().max() / want.abs().max()).item()
+        # the pool alone, on one of HebbCNN's blocks of conv output (compiled on CPU, torch's elsewhere)
+        xb = x[: max(1, CPU_BLOCK_CURRENTS // (args.filters * 29 * 29))].contiguous(memory_format=torch.channels_last)
+        hb = local_currents(xb, w, P) if args.kind == "local" else F.conv2d(xb, w)
+        t_pool = best_of(args.repeats * 3, lambda: _maxpool.max_pool2d_with_indices(hb, 9, 2))
+        t_pool_torch = best_of(args.repeats * 3, lambda: F.max_pool2d_with_indices(hb, 9, 2))
     t_grad = best_of(args.repeats, lambda: input_grad(model.features))
     t_grad_dense = best_of(args.repeats, lambda: input_grad(dense))
     want = input_grad(dense)
@@ -104,6 +111,8 @@ def main() -> None:
     print(f"fgsm (1 step)      : {t_fgsm:7.3f} s  {args.batch / t_fgsm:9.0f} images/s")
     print(f"features (no grad) : {t_feat:7.3f} s HebbCNN vs dense {t_cl:.3f} s channels-last "
           f"({t_cl / t_feat:.1f}x), {t_nchw:.3f} s NCHW ({t_nchw / t_feat:.1f}x); max rel diff {feat_err:.1e}")
+    print(f"max-pool + argmax  : {t_pool * 1e3:7.2f} ms ours vs torch's {t_pool_torch * 1e3:.2f} ms "
+          f"({t_pool_torch / t_pool:.1f}x), on one block of conv output ({len(xb)} images)")
     print(f"input gradient     : {t_grad:7.3f} s HebbCNN vs dense {t_grad_dense:.3f} s "
           f"({t_grad_dense / t_grad:.1f}x); max rel diff {grad_err:.1e}")
     if args.kind == "backprop":

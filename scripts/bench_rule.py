@@ -7,7 +7,9 @@ times hebbrobust's `batch` update (one update from all B·P patches) and `positi
 patch position, the thesis's semantics) and prints, side by side and measured in the same run:
 
 - GFLOP/s of the update, counting 4·B·N·F FLOPs per update from B patches (the two GEMMs of the dense
-  formula), and the same machine's dense fp32 torch.mm rate on those two GEMMs for blocks of patches;
+  formula), and the same machine's dense fp32 torch.mm rate on those two GEMMs, twice: on a few blocks of
+  patches that stay in cache (the peak, "mm GF/s"), and over all of the batch's patches in the blocks the
+  update uses, read from memory as the update reads them ("stream"); a ratio against each;
 - the speed-up over (a) Krotov's rule restated in float64 numpy (dense: the full g matrix, two GEMMs)
   and (b) a straightforward per-position loop (dense torch krotov_delta + apply_update per position),
   all on identical tensors; "err" is the largest difference of our step from (a)'s, relative to the step.
@@ -26,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from hebbrobust.rules import krotov
 from hebbrobust.rules.krotov import (
     apply_update,
     extract_patches,
@@ -84,6 +87,23 @@ def matmul_rate(V: torch.Tensor, W: torch.Tensor, block: int, reps: int) -> floa
     return 4 * block * len(blocks) * V.shape[1] * W.shape[0] / timed(run, reps, W.device) / 1e9
 
 
+def matmul_rate_streamed(V: torch.Tensor, W: torch.Tensor, reps: int) -> float:
+    """The same two GEMMs over all of V (every patch of the batch, read from memory as the update reads
+    them), in the blocks the update uses; g is one block reused, so only V streams."""
+    F_ = W.shape[0]
+    block = min(len(V), krotov.CUDA_CHUNK if W.device.type == "cuda" else max(256, krotov.CHUNK_CURRENTS // F_))
+    g = torch.randn(block, F_, device=W.device)
+    I, H = W.new_empty(block, F_), torch.empty_like(W)
+
+    def run() -> None:
+        for start in range(0, len(V), block):
+            b = V[start : start + block]
+            torch.mm(b, W.T, out=I[: len(b)])
+            torch.mm(g[: len(b)].T, b, out=H)
+
+    return 4 * len(V) * V.shape[1] * F_ / timed(run, reps, W.device) / 1e9
+
+
 def blas_note() -> str:
     parts = [f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
     try:
@@ -121,6 +141,7 @@ def bench_shape(
     patches = extract_patches(images, w, p, position_major=True)  # (B, P, N) stored (P, B, N), for `position`
     P = patches.shape[1]
     mm = matmul_rate(V, W0, 4096, reps)
+    mm_stream = matmul_rate_streamed(V, W0, reps)
     rows: list[dict[str, object]] = []
 
     # ---- batch: one update from all B·P patches
@@ -142,6 +163,7 @@ def bench_shape(
             epoch=BATCHES_PER_EPOCH * (t_batch + t_extract),
             gflops=flops / t_batch / 1e9,
             mm=mm,
+            mm_stream=mm_stream,
             vs_numpy=t_ref / t_ours_S,
             ref_note=f"{S} patches",
             err=err,
@@ -183,6 +205,7 @@ def bench_shape(
             epoch=BATCHES_PER_EPOCH * (P * per_pos + t_extract),
             gflops=4 * B * N * F_ / per_pos / 1e9,
             mm=mm,
+            mm_stream=mm_stream,
             vs_numpy=per_pos_ref / per_pos,
             vs_loop=per_pos_loop / per_pos,
             loop_epoch=BATCHES_PER_EPOCH * (P * per_pos_loop + t_extract),
@@ -228,21 +251,24 @@ def main() -> None:
 
     head = (
         f"{'shape':<18}{'semantics':<10}{'update':>10}{'s/epoch':>9}{'GFLOP/s':>9}{'mm GF/s':>9}"
-        f"{'ratio':>7}{'x numpy':>9}{'x loop':>8}{'loop s/ep':>10}{'err':>9}  reference on"
+        f"{'ratio':>7}{'stream':>9}{'ratio':>7}{'x numpy':>9}{'x loop':>8}{'loop s/ep':>10}{'err':>9}  reference on"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
             f"{r['shape']:<18}{r['sem']:<10}{r['update']:>10}{r['epoch']:>9.1f}{r['gflops']:>9.1f}"
-            f"{r['mm']:>9.1f}{r['gflops'] / r['mm']:>7.2f}{r['vs_numpy']:>9.1f}{r['vs_loop']:>8.1f}"  # type: ignore[operator]
+            f"{r['mm']:>9.1f}{r['gflops'] / r['mm']:>7.2f}{r['mm_stream']:>9.1f}{r['gflops'] / r['mm_stream']:>7.2f}"  # type: ignore[operator]
+        f"{r['vs_numpy']:>9.1f}{r['vs_loop']:>8.1f}"
             f"{r['loop_epoch']:>10.0f}{r['err']:>9.1e}  {r['ref_note']}"
         )
     print(
         f"update: one batch update, or one position update (timed on the first positions of a batch).\n"
         f"s/epoch: {BATCHES_PER_EPOCH} batches incl. patch extraction; position and loop epochs are "
-        f"extrapolated from the timed positions. ratio: GFLOP/s / mm GF/s (dense fp32 GEMMs on blocks of\n"
-        f"4096 patches). x numpy: vs float64 numpy, timed on the patches in the last column (batch) or the "
+        f"extrapolated from the timed positions. ratio: GFLOP/s / mm GF/s (the peak: dense fp32 GEMMs on 8\n"
+        f"cache-resident blocks of 4096 patches); stream, ratio: the same GEMMs over all the batch's patches in\n"
+        f"the update's blocks, V read from memory as the update reads it. x numpy: vs float64 numpy, timed on the\n"
+        f"patches in the last column (batch) or the "
         f"same positions; x loop: vs dense torch krotov_delta + apply_update per position (for `batch`: its\n"
         f"epoch over ours, different semantics). err: max |our step - numpy step| / step, at lr {CHECK_LR}. "
         f"load {os.getloadavg()[0]:.1f} at the end."

@@ -122,3 +122,44 @@ def test_blockwise_conv_pool_equals_dense_values_and_gradients(
     for got, want in zip(blocks[1:], dense[1:], strict=True):
         assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # sums in another order
     assert dense[1].abs().sum() > 0 and (dense[2].abs().sum() > 0) == (kind == "backprop")
+
+
+@pytest.mark.parametrize("pool, stride", [(9, 2), (3, 1), (4, 3), (5, 5), (1, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_max_pool_equals_torch_bit_for_bit(pool: int, stride: int, threads: int) -> None:
+    """The compiled channels-last pool returns torch's values and argmax indices exactly, ties (the first
+    maximum in row-major order), NaN (the last NaN wins) and infinities included, on 1 or 2 threads."""
+    from hebbrobust import _maxpool
+
+    g = torch.Generator().manual_seed(pool * 10 + stride)
+    h = torch.randn(5, 7, 13, 11, generator=g)
+    h[0] = torch.round(h[0])  # many ties in every window
+    h[1] = 0.25  # a constant image: all ties
+    h[2, 3, 4, 5] = float("nan")
+    h[2, 3, 6, 2] = float("nan")
+    h[3, 0, 2, 2] = float("inf")
+    h[3, 1] = float("-inf")
+    h = h.contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values, idx = _maxpool.max_pool2d_with_indices(h, pool, stride)
+    finally:
+        torch.set_num_threads(before)
+    want_values, want_idx = F.max_pool2d_with_indices(h, pool, stride)
+    assert idx.dtype == torch.int32  # the compiled path ran
+    assert torch.equal(values.isnan(), want_values.isnan())
+    assert torch.equal(values.nan_to_num(), want_values.nan_to_num())
+    assert torch.equal(idx.long(), want_idx)
+
+
+def test_max_pool_falls_back_to_torch_off_the_compiled_path() -> None:
+    """Contiguous (not channels-last), float64 or gradient-tracking inputs go to torch's pool."""
+    from hebbrobust import _maxpool
+
+    h = torch.randn(2, 3, 8, 8)
+    for x in (h, h.double().contiguous(memory_format=torch.channels_last),
+              h.contiguous(memory_format=torch.channels_last).requires_grad_(True)):
+        values, idx = _maxpool.max_pool2d_with_indices(x, 3, 2)
+        assert idx.dtype == torch.int64
+        assert torch.equal(values, F.max_pool2d(x, 3, 2))
