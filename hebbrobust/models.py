@@ -87,10 +87,10 @@ class _ConvMaxPool(torch.autograd.Function):
     On CPU the dense way writes, re-reads, zero-fills and converts the full conv output and its
     gradient (1.35 GB for 1000 CIFAR images at F=400) several times; block by block they stay in
     cache (backprop train step 2x, local input gradient 3x faster). Values equal the dense
-    composition's up to float rounding (a block's conv may sum in another order): the same
-    max_pool2d picks the argmax, the backward scatters the gradient to it as max_pool2d's backward
-    does, then the conv's gradients are GEMMs on the block's patches. Local filters get no gradient
-    (the rule sets them)."""
+    composition's up to float rounding (a block's conv may sum in another order): the pool
+    (hebbrobust._maxpool on CPU, torch's max_pool2d bit for bit) picks the argmax, the backward
+    scatters the gradient to it as max_pool2d's backward does, then the conv's gradients are GEMMs
+    on the block's patches. Local filters get no gradient (the rule sets them)."""
 
     @staticmethod
     def forward(ctx, x, weight, p, pool, stride):  # type: ignore[override]
