@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hebbrobust.rules._kernel import set_threads
+
 numba: Any
 try:
     import numba
@@ -92,7 +94,6 @@ def max_pool2d_with_indices(h: torch.Tensor, pool: int, stride: int) -> tuple[to
         raise ValueError(f"pool {pool} is larger than the {H}x{W} input")
     out = torch.empty(B, OH, OW, C)
     idx = torch.empty(B, OH, OW, C, dtype=torch.int32)
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    _compiled(h.permute(0, 2, 3, 1).numpy(), pool, stride, out.numpy(), idx.numpy(), threads)
+    set_threads(torch.get_num_threads())
+    _compiled(h.permute(0, 2, 3, 1).numpy(), pool, stride, out.numpy(), idx.numpy(), numba.get_num_threads())
     return out.permute(0, 3, 1, 2), idx.permute(0, 3, 1, 2)  # (B, C, OH, OW) views, channels-last
