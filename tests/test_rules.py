@@ -26,12 +26,14 @@ from hebbrobust.rules.krotov import (
 )
 
 
-@pytest.fixture(params=["compiled", "topk"])
+@pytest.fixture(params=["unit-major", "patch-major", "topk"])
 def ranking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both CPU paths of the fast updates: the compiled kernel (production) and torch.topk (a GPU, or no
-    numba)."""
+    """Every CPU path of the fast updates: the compiled kernel's two rankings, whatever F (production picks
+    one by F), and torch.topk (a GPU, or no numba)."""
     if request.param == "topk":
         monkeypatch.setattr(krotov._kernel, "AVAILABLE", False)
+    else:
+        monkeypatch.setattr(krotov._kernel, "LANES_MAX_UNITS", 1 << 30 if request.param == "unit-major" else 0)
     return str(request.param)
 
 
@@ -213,28 +215,38 @@ def test_update_batch_is_exact_on_ties_and_near_ties(ranking: str) -> None:
         assert_close(got - W, 0.05 * want / np.abs(want).max())
 
 
-def test_kernel_ranks_like_a_stable_descending_sort_and_adds_g_transpose_v() -> None:
-    """The compiled kernel alone: exact ties (repeated currents) rank the lower unit first, as
-    np.argsort(-I, kind="stable") does, and H gets gᵀV, bit for bit the same on 1 or 2 threads."""
+def test_kernel_ranks_like_a_stable_descending_sort_and_adds_g_transpose_v(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled kernel alone, both rankings: exact ties (repeated currents) rank the lower unit first,
+    as np.argsort(-I, kind="stable") does, NaN and -inf currents are never ranked (units 0..k-1 fill in),
+    and H gets gᵀV, bit for bit the same on 1 or 2 threads and for either ranking."""
     assert krotov._kernel.AVAILABLE, "numba is a dependency: CPU updates must use the compiled kernel"
     rng = np.random.default_rng(3)
-    c, F_, N, k, delta = 777, 37, 10, 4, 0.3
+    c, F_, N, k, delta = 1777, 37, 10, 4, 0.3  # more patches than LANES: several blocks, a partial one
     I = rng.integers(0, 6, (c, F_)).astype(np.float32)  # values 0..5: every row full of ties
     I[:5] = 1.0  # all units tied
+    I[5:8] = np.nan  # never ranked: units 0..k-1 fill in
+    I[8:11, np.arange(F_) // 2 != 3] = np.nan  # units 6 and 7 ranked, then 0 and 1 fill in
+    I[11:14, :30] = -np.inf
+    I[14] = -np.inf
+    I[15, 1] = np.inf
     V = rng.random((c, N), dtype=np.float32)
-    order = np.argsort(-I, axis=1, kind="stable")
+    ranked = [[f for f in np.argsort(-row, kind="stable") if row[f] > -np.inf] for row in I]  # NaN sorts last
+    ranked = [(r + list(range(k)))[:k] for r in ranked]  # the fillers
     g = np.zeros((c, F_))
-    g[np.arange(c), order[:, 0]] = 1.0
-    g[np.arange(c), order[:, k - 1]] = -delta
+    g[np.arange(c), [r[0] for r in ranked]] = 1.0
+    g[np.arange(c), [r[k - 1] for r in ranked]] = -delta
     got = []
-    for threads in (1, 2):
-        krotov._kernel.set_threads(threads)
-        H = np.zeros((F_, N), np.float32)
-        krotov._kernel.rank_and_add(I, V, k, delta, H)
-        np.testing.assert_allclose(H, g.T @ V, rtol=1e-5, atol=1e-5)
-        got.append(H)
+    for unit_major in (True, False):  # both rankings
+        monkeypatch.setattr(krotov._kernel, "LANES_MAX_UNITS", F_ if unit_major else F_ - 1)
+        assert krotov._kernel.unit_major(F_) == unit_major
+        for threads in (1, 2):
+            krotov._kernel.set_threads(threads)
+            H = np.zeros((F_, N), np.float32)
+            krotov._kernel.rank_and_add(np.ascontiguousarray(I.T if unit_major else I), V, k, delta, H)
+            np.testing.assert_allclose(H, g.T @ V, rtol=1e-5, atol=1e-5)
+            got.append(H)
     krotov._kernel.set_threads(torch.get_num_threads())
-    assert np.array_equal(got[0], got[1])
+    assert all(np.array_equal(got[0], H) for H in got[1:])  # same sums in the same order
 
 
 def test_update_batch_does_not_depend_on_the_thread_count() -> None:

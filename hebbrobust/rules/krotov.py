@@ -190,7 +190,7 @@ class _Workspace:
     Wp: Tensor  # (F, N) sign(W)|W|^(p-1)
     H: Tensor  # (F, N) Hebbian term gᵀV
     dW: Tensor  # (F, N)
-    I: Tensor  # (chunk, F) currents of one block of patches
+    I: Tensor  # (chunk, F) currents of one block of patches ((F, chunk) for the compiled kernel)
     p: float
     k: int
     chunk: int  # patches per block of currents
@@ -221,7 +221,11 @@ def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, norma
     H = ws.H.zero_()  # (F, N) accumulates gᵀV
     for start in range(0, V.shape[0], ws.chunk):
         Vc = V[start : start + ws.chunk]  # (c, N)
-        I = torch.mm(Vc, Wp.T, out=ws.I[: Vc.shape[0]])  # (c, F) currents
+        c = Vc.shape[0]
+        if ws.compiled and _kernel.unit_major(W.shape[0]):  # the kernel ranks patches side by side
+            I = torch.mm(Wp, Vc.T, out=ws.I.view(-1)[: W.shape[0] * c].view(-1, c))  # (F, c) currents
+        else:
+            I = torch.mm(Vc, Wp.T, out=ws.I[:c])  # (c, F) currents
         if ws.compiled:
             _kernel.rank_and_add(I.numpy(), Vc.detach().numpy(), ws.k, delta, H.numpy())
             continue
