@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from hebbrobust.config import TrialConfig
 
-RULE_VERSION = 1  # bump when the rule's code changes what it computes
+RULE_VERSION = 2  # bump when the rule's code changes what it computes (2: float64 accumulation)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,11 @@ class RuleConfig(_Frozen):
     epochs: int = Field(10, ge=0, le=100_000, description="filter-training epochs")
     batch_size: int = Field(100, ge=1, le=1_000_000, description="images per filter update batch")
     init_std: float = Field(1.0, gt=0, description="filters start as N(0, init_std^2) (thesis: 1)")
+    accumulate: Literal["float64", "float32"] = Field(
+        "float64",
+        description="precision the filters' updates add up in; currents are float32 either way. float32 (the "
+        "thesis) loses steps below half a float32 ulp of the weights, which late small-lr epochs are made of",
+    )
 
 
 class OptimConfig(_Frozen):

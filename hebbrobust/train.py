@@ -75,19 +75,24 @@ def fit_filters_local(
     tag: str = "",
 ) -> dict[str, list[float]]:
     """Train weights (F, N) in place on images x (B, C, H, W) by the local rule; returns per-epoch curves.
-    With `checkpoint`, state is saved after every epoch and a matching checkpoint (same `tag`) resumes."""
+    With `checkpoint`, state is saved after every epoch and a matching checkpoint (same `tag`) resumes.
+    cfg.accumulate = "float64" (and float32 weights): the updates add up in a float64 copy of the weights,
+    which the checkpoint holds, and `weights` follows its rounding."""
     on_epoch = on_epoch or _noop
     gen = torch.Generator().manual_seed(seed + 1)
     curves: dict[str, list[float]] = {"lr": [], "unconverged_frac": [], "norm_dev": []}
+    master = weights.double() if cfg.accumulate == "float64" and weights.dtype != torch.float64 else None
+    state_of = weights if master is None else master  # what the checkpoint saves and restores
     first = 0
     if (state := _load_checkpoint(checkpoint, tag)) is not None:
-        weights.copy_(state["weights"])
+        state_of.copy_(state["weights"])
+        weights.copy_(state_of)
         gen.set_state(state["generator"])
         curves, first = state["curves"], state["epoch"]
     for epoch in range(first, cfg.epochs):
         lr = krotov.lr_at(epoch, cfg.epochs, cfg)
         for idx in _batches(len(x), cfg.batch_size, gen):
-            krotov.train_step(weights, x[idx.to(x.device)], cfg, lr)
+            krotov.train_step(weights, x[idx.to(x.device)], cfg, lr, master=master)
         check_filters(weights)
         conv = filter_convergence(weights, cfg.p, tol)
         norms = torch.as_tensor(conv["norms"])
@@ -100,7 +105,7 @@ def fit_filters_local(
             curves[name].append(value)
         on_epoch("filters", epoch + 1, cfg.epochs, row)
         _save_checkpoint(checkpoint, {
-            "tag": tag, "epoch": epoch + 1, "weights": weights.cpu(), "generator": gen.get_state(), "curves": curves,
+            "tag": tag, "epoch": epoch + 1, "weights": state_of.cpu(), "generator": gen.get_state(), "curves": curves,
         })
     return curves
 

@@ -249,6 +249,36 @@ def test_kernel_ranks_like_a_stable_descending_sort_and_adds_g_transpose_v(monke
     assert all(np.array_equal(got[0], H) for H in got[1:])  # same sums in the same order
 
 
+@pytest.mark.parametrize("semantics", ["batch", "position"])
+def test_a_float64_master_adds_up_steps_below_half_an_ulp(semantics: str, ranking: str) -> None:
+    """Weights in [1, 2) have an ulp of 2^-23 ≈ 1.2e-7; at lr 2e-8 no step reaches half of it, so float32
+    weights never move. A float64 master adds the 40 steps up (≈ 40 times the first step: the weights move
+    by < 1e-6, too little to change the ranking), and W is its float32 rounding throughout."""
+    W, V = random_problem(24, 12, 300, 3.0, seed=4)
+    W = 1.0 + W.abs().clamp(max=0.99)  # (F, N) in [1, 2)
+    lr, steps = 2e-8, 40
+    patches = V.view(30, 10, 12)  # (B, P, N) for `position`: 10 updates per call
+
+    def train(w: torch.Tensor, master: torch.Tensor | None) -> None:
+        for _ in range(steps if semantics == "batch" else steps // 10):
+            if semantics == "batch":
+                update_batch(w, V, p=3.0, k=3, delta=0.4, lr=lr, master=master)
+            else:
+                update_positions(w, patches, p=3.0, k=3, delta=0.4, lr=lr, master=master)
+
+    plain = W.clone()
+    train(plain, None)
+    assert torch.equal(plain, W)  # every step rounded away
+    got, master = W.clone(), W.double()
+    train(got, master)
+    assert torch.equal(got, master.float()) and not torch.equal(got, W)
+    if semantics == "batch":  # the same step 40 times
+        dW = krotov_delta(W.double(), V.double(), p=3.0, k=3, delta=0.4)
+        assert_close(master - W.double(), steps * lr * dW / dW.abs().max(), rel=1e-4)
+    with pytest.raises(ValueError, match="float64"):
+        update_batch(W.clone(), V, p=3.0, k=3, delta=0.4, lr=lr, master=W.clone())
+
+
 def test_update_batch_does_not_depend_on_the_thread_count() -> None:
     W, V = random_problem(64, 27, 3000, 3.0, seed=9)
     steps = []

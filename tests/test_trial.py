@@ -73,6 +73,26 @@ def test_checkpoint_resumes_a_cut_off_run_to_the_same_result(tmp_path: Path) -> 
     assert resumed.filters is not None and full.filters is not None and torch.equal(resumed.filters, full.filters)
 
 
+def test_a_run_cut_in_filter_training_resumes_from_its_float64_master(tmp_path: Path) -> None:
+    """The filters' updates add up in float64 (rule.accumulate): the checkpoint holds that master, so a
+    resumed run ends bit for bit where an uncut one does; float32 accumulation gives other filters."""
+    cfg = with_params(TINY, {"rule.epochs": 3})
+    full = run_trial(cfg)
+
+    def cut(stage: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
+        if stage == "filters" and epoch == 2:
+            raise _Cut  # epoch 1 is the last saved
+
+    with pytest.raises(_Cut):
+        run_trial(cfg, on_epoch=cut, checkpoint_dir=tmp_path)
+    saved = torch.load(tmp_path / "filters.pt")
+    assert saved["epoch"] == 1 and saved["weights"].dtype == torch.float64
+    resumed = run_trial(cfg, checkpoint_dir=tmp_path)
+    assert resumed.filters is not None and full.filters is not None and torch.equal(resumed.filters, full.filters)
+    single = run_trial(with_params(cfg, {"rule.accumulate": "float32"}))
+    assert single.filters is not None and not torch.equal(single.filters, full.filters)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "backprop"])
 def test_quickstart_base_trial_reaches_90_percent(kind: str) -> None:

@@ -170,7 +170,8 @@ def apply_update(weights: Tensor, dw: Tensor, lr: float, normalize: str = "globa
 
 
 def _scaled_add_(W: Tensor, dW: Tensor, lr: float, normalize: str) -> None:
-    """W += lr·dW/max|dW|, overwriting dW; the max never leaves the device (no host sync)."""
+    """W += lr·dW/max|dW|, overwriting dW; the max never leaves the device (no host sync). W may be
+    float64 with dW float32: the sum is then float64."""
     if normalize == "global":
         nc = dW.abs().amax()
     elif normalize == "per_filter":
@@ -195,17 +196,21 @@ class _Workspace:
     k: int
     chunk: int  # patches per block of currents
     compiled: bool  # rank and add with the compiled kernel (CPU float32, numba), else topk + index_add
+    master: Tensor | None  # (F, N) float64: the weights the updates add up in, W its rounding
 
     @classmethod
-    def make(cls, W: Tensor, rows: int, p: float, k: int) -> _Workspace:
+    def make(cls, W: Tensor, rows: int, p: float, k: int, master: Tensor | None) -> _Workspace:
         F_ = W.shape[0]
         on_cpu = W.device.type == "cpu"
         chunk = min(rows, max(256, CHUNK_CURRENTS // F_) if on_cpu else CUDA_CHUNK)
         compiled = on_cpu and W.dtype == torch.float32 and _kernel.AVAILABLE
         if compiled:
             _kernel.set_threads(torch.get_num_threads())
+        if master is not None and (master.shape != W.shape or master.dtype != torch.float64):
+            want, got = tuple(W.shape), (master.dtype, tuple(master.shape))
+            raise ValueError(f"master weights must be float64 {want}, got {got}")
         e = torch.empty_like
-        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, compiled)
+        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, compiled, master)
 
 
 def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -235,42 +240,66 @@ def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, norma
             H.index_add_(0, kth, Vc, alpha=-delta)
     decay = (Wp * H).sum(1, keepdim=True)  # (F, 1) Σ_b g_bμ I_bμ = ⟨Wᵖ_μ, (gᵀV)_μ⟩
     dW = torch.sub(H, torch.mul(W, decay, out=ws.dW), out=ws.dW)  # (F, N)
-    _scaled_add_(W, dW, lr, normalize)
+    if ws.master is None:
+        _scaled_add_(W, dW, lr, normalize)
+    else:  # the step is float32, the sum float64; the next currents come from its float32 rounding
+        _scaled_add_(ws.master, dW, lr, normalize)
+        W.copy_(ws.master)
 
 
-def _workspace(W: Tensor, rows: int, p: float, k: int, normalize: str) -> _Workspace:
+def _workspace(W: Tensor, rows: int, p: float, k: int, normalize: str, master: Tensor | None) -> _Workspace:
     _check_rank(k, W.shape[0])
     if normalize not in ("global", "per_filter"):
         raise ValueError(f"rule.normalize must be 'global' or 'per_filter', got {normalize!r}")
-    return _Workspace.make(W, max(rows, 1), p, k)
+    return _Workspace.make(W, max(rows, 1), p, k, master)
 
 
 @torch.no_grad()
 def update_batch(
-    weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float, lr: float, normalize: str = "global"
+    weights: Tensor,
+    patches: Tensor,
+    *,
+    p: float,
+    k: int,
+    delta: float,
+    lr: float,
+    normalize: str = "global",
+    master: Tensor | None = None,
 ) -> None:
     """`batch` semantics: one update of W (F, N), in place, from all normalised patches (M, N).
 
-    Equal to apply_update(W, krotov_delta(W, patches, ...), lr, normalize) up to float rounding."""
-    ws = _workspace(weights, patches.shape[0], p, k, normalize)
+    Equal to apply_update(W, krotov_delta(W, patches, ...), lr, normalize) up to float rounding. With
+    `master`, a float64 copy of W, the update is added to master and W set to its rounding: steps smaller
+    than half an ulp of W then add up instead of vanishing."""
+    ws = _workspace(weights, patches.shape[0], p, k, normalize, master)
     _update(weights, patches, ws, delta, lr, normalize)
 
 
 @torch.no_grad()
 def update_positions(
-    weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float, lr: float, normalize: str = "global"
+    weights: Tensor,
+    patches: Tensor,
+    *,
+    p: float,
+    k: int,
+    delta: float,
+    lr: float,
+    normalize: str = "global",
+    master: Tensor | None = None,
 ) -> None:
     """`position` semantics (thesis): patches (B, P, N); for each position j in order, one update of
     W (F, N), in place, from the B patches at j. Sequential by definition; buffers are shared. Fastest
-    with extract_patches(..., position_major=True), whose patches at one position are contiguous."""
-    ws = _workspace(weights, patches.shape[0], p, k, normalize)
+    with extract_patches(..., position_major=True), whose patches at one position are contiguous.
+    `master` as in update_batch."""
+    ws = _workspace(weights, patches.shape[0], p, k, normalize, master)
     for j in range(patches.shape[1]):
         _update(weights, patches[:, j], ws, delta, lr, normalize)  # (B, N), copied unless position-major
 
 
-def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float) -> None:
+def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float, master: Tensor | None = None) -> None:
     """Train W (F, N) in place on one minibatch of images (B, C, H, W) at learning rate lr: the patches
-    are extracted once, then used as cfg.semantics says (one update, or one per position)."""
+    are extracted once, then used as cfg.semantics says (one update, or one per position). With `master`
+    (float64 (F, N), see update_batch) the updates add up there and W follows its rounding."""
     F_, N = weights.shape
     C = images.shape[1]
     w = math.isqrt(N // C)
@@ -278,10 +307,10 @@ def train_step(weights: Tensor, images: Tensor, cfg: RuleConfig, lr: float) -> N
         raise ValueError(f"weights have N={N} inputs, not C·w·w for the images' C={C} channels")
     images = images.to(weights.device, weights.dtype)
     patches = extract_patches(images, w, cfg.p, position_major=cfg.semantics != "batch")  # (B, P, N)
+    update = update_batch if cfg.semantics == "batch" else update_positions
     if cfg.semantics == "batch":
-        update_batch(weights, patches.view(-1, N), p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize)
-    else:
-        update_positions(weights, patches, p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize)
+        patches = patches.view(-1, N)
+    update(weights, patches, p=cfg.p, k=cfg.k, delta=cfg.delta, lr=lr, normalize=cfg.normalize, master=master)
 
 
 # --------------------------------------------------------------------------- schedule
