@@ -62,7 +62,7 @@ def _rank_and_add(I, V, k, delta, H, T, lanes, L):  # type: ignore[no-untyped-de
             vals = np.empty(k, np.float32)  # the running top k currents, best first
             ids = np.empty(k, np.int32)
             for b in range(t * per, min(c, t * per + per)):
-                row = I[b]
+                row = I[b]  # one view per F currents: its refcount is cheap here
                 for j in range(k):
                     vals[j] = -np.inf
                     ids[j] = j
@@ -134,10 +134,14 @@ def _rank_and_add(I, V, k, delta, H, T, lanes, L):  # type: ignore[no-untyped-de
                 for n in range(N):
                     H[q, n] -= delta * V[b, n]
 
+
 if numba is not None:
     # compiled on first use and cached on disk (__pycache__, or numba's user cache dir when that is
-    # read-only); no fastmath: the sums stay IEEE, and a NaN would not be silently reordered
-    _compiled = numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")(_rank_and_add)
+    # read-only); no fastmath: the sums stay IEEE, and a NaN would not be silently reordered; numpy's
+    # error model: no Python-style checks around integer division
+    _compiled = numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")(
+        _rank_and_add
+    )
 
 
 def unit_major(units: int) -> bool:
