@@ -87,7 +87,7 @@ def max_pool2d_with_indices(h: torch.Tensor, pool: int, stride: int) -> tuple[to
         and h.is_contiguous(memory_format=torch.channels_last)
     )
     if not fast:
-        return F.max_pool2d_with_indices(h, pool, stride)
+        return F.max_pool2d_with_indices(h, (pool, pool), (stride, stride))
     B, C, H, W = h.shape
     OH, OW = (H - pool) // stride + 1, (W - pool) // stride + 1
     if OH < 1 or OW < 1:

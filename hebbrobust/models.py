@@ -115,7 +115,7 @@ class _ConvMaxPool(torch.autograd.Function):
         f, _, k, _ = weight.shape
         oh, ow = x.shape[2] - k + 1, x.shape[3] - k + 1
         kernel = (weight if p is None else _power_kernel(weight, p)).reshape(f, -1)
-        grad_x, grad_w = [], torch.zeros_like(kernel) if need_w else None
+        grad_x, grad_w = [], torch.zeros_like(kernel)  # (F, N), small: allocated even when not needed
         ones = torch.ones((1, *weight.shape[1:]), dtype=x.dtype, device=x.device)  # spreads d/ds over windows
         blocks = (t.split(_block(x, weight)) for t in (x, idx, grad, out))
         for xb, ib, gb, ob in zip(*blocks, strict=True):

@@ -1,4 +1,4 @@
-"""The codebase's own rules: ruff clean, and the import-linter contracts of ARCHITECTURE.md hold."""
+"""The codebase's own rules: ruff and mypy clean, and the import-linter contracts of ARCHITECTURE.md hold."""
 
 import shutil
 import subprocess
@@ -23,6 +23,13 @@ def _tool(name: str) -> str:
 
 def test_ruff_clean() -> None:
     cmd = [_tool("ruff"), "check", "hebbrobust", "tests", "scripts"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_mypy_clean() -> None:
+    """The package type-checks (pyproject's [tool.mypy]), without writing a cache into the tree."""
+    cmd = [sys.executable, "-m", "mypy", "--cache-dir", "/dev/null", "hebbrobust"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
