@@ -196,6 +196,7 @@ class _Workspace:
     k: int
     chunk: int  # patches per block of currents
     compiled: bool  # rank and add with the compiled kernel (CPU float32, numba), else topk + index_add
+    unit_major: bool  # currents (F, c): the compiled kernel ranks patches side by side (few units)
     master: Tensor | None  # (F, N) float64: the weights the updates add up in, W its rounding
 
     @classmethod
@@ -210,7 +211,8 @@ class _Workspace:
             want, got = tuple(W.shape), (master.dtype, tuple(master.shape))
             raise ValueError(f"master weights must be float64 {want}, got {got}")
         e = torch.empty_like
-        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, compiled, master)
+        unit_major = compiled and _kernel.unit_major(F_)
+        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, compiled, unit_major, master)
 
 
 def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -227,7 +229,7 @@ def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, norma
     for start in range(0, V.shape[0], ws.chunk):
         Vc = V[start : start + ws.chunk]  # (c, N)
         c = Vc.shape[0]
-        if ws.compiled and _kernel.unit_major(W.shape[0]):  # the kernel ranks patches side by side
+        if ws.unit_major:
             I = torch.mm(Wp, Vc.T, out=ws.I.view(-1)[: W.shape[0] * c].view(-1, c))  # (F, c) currents
         else:
             I = torch.mm(Vc, Wp.T, out=ws.I[:c])  # (c, F) currents
@@ -256,14 +258,7 @@ def _workspace(W: Tensor, rows: int, p: float, k: int, normalize: str, master: T
 
 @torch.no_grad()
 def update_batch(
-    weights: Tensor,
-    patches: Tensor,
-    *,
-    p: float,
-    k: int,
-    delta: float,
-    lr: float,
-    normalize: str = "global",
+    weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float, lr: float, normalize: str = "global",
     master: Tensor | None = None,
 ) -> None:
     """`batch` semantics: one update of W (F, N), in place, from all normalised patches (M, N).
@@ -277,14 +272,7 @@ def update_batch(
 
 @torch.no_grad()
 def update_positions(
-    weights: Tensor,
-    patches: Tensor,
-    *,
-    p: float,
-    k: int,
-    delta: float,
-    lr: float,
-    normalize: str = "global",
+    weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float, lr: float, normalize: str = "global",
     master: Tensor | None = None,
 ) -> None:
     """`position` semantics (thesis): patches (B, P, N); for each position j in order, one update of
