@@ -10,7 +10,7 @@ and integer labels y (B,). All of them
 The caller batches large sets (see evaluate.py).
 
 Fixed-ε attacks: fgsm(), pgd() (L∞ or L2, random start, restarts).
-Minimal radii (SCIENCE.md §4): fgsm_min_radius() (line search along one gradient sign),
+Minimal radii (docs/science.md §4): fgsm_min_radius() (line search along one gradient sign),
 pgd_min_radius() (fixed signed steps until the first flip). Both return inf where no flip was found.
 """
 

@@ -58,7 +58,7 @@ MASK_IMAGES = 200
 # is exactly zero in every pixel (a saturated softmax, a step function, dead units).
 MASK_ZERO_GRAD_MAX_FRAC = 0.01
 
-# The thesis's generalised-logistic fit of A(ε) (SCIENCE.md §4): start values, acceptance, tail, padding.
+# The thesis's generalised-logistic fit of A(ε) (docs/science.md §4): start values, acceptance, tail, padding.
 FIT_START = {"M": -0.26, "D": 0.24, "Q": 1.38, "B": 30.0, "nu": 7e-5}
 FIT_MIN_R2 = 0.95
 FIT_TAIL_CUT = 0.01

@@ -1,4 +1,4 @@
-"""The one-hidden-layer CNN of SCIENCE.md §1, shared by the local and the backprop model.
+"""The one-hidden-layer CNN of docs/science.md §1, shared by the local and the backprop model.
 
     x (B, C, H, W) in [0, 1]
     -> conv F x w x w, stride 1, no padding, no bias       (B, F, H-w+1, W-w+1)

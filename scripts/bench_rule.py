@@ -43,7 +43,7 @@ CHECK_LR = 0.25  # agreement checks use a step that float32 weights of size ~3 r
 
 
 def numpy_reference(W: np.ndarray, V: np.ndarray, p: float, k: int, delta: float) -> np.ndarray:
-    """ΔW of SCIENCE.md §2 in float64 numpy, as Krotov's notebook computes it: full g, two GEMMs."""
+    """ΔW of docs/science.md §2 in float64 numpy, as Krotov's notebook computes it: full g, two GEMMs."""
     Wp = np.sign(W) * np.abs(W) ** (p - 1)  # (F, N)
     I = V @ Wp.T  # (B, F)
     order = np.argsort(-I, axis=1)

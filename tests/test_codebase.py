@@ -1,4 +1,4 @@
-"""The codebase's own rules: ruff and mypy clean, and the import-linter contracts of ARCHITECTURE.md hold."""
+"""The codebase's own rules: ruff and mypy clean, and the import-linter contracts in pyproject.toml hold."""
 
 import shutil
 import subprocess

@@ -1,4 +1,4 @@
-"""The Krotov–Hopfield rule against a plain float64 numpy restatement of SCIENCE.md §2, the fast updates
+"""The Krotov–Hopfield rule against a plain float64 numpy restatement of docs/science.md §2, the fast updates
 against the dense formula, and the invariants the rule must keep."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def ranking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def reference_delta(W: np.ndarray, V: np.ndarray, p: float, k: int, delta: float) -> np.ndarray:
-    """SCIENCE.md §2 steps 1-3 in float64 numpy, dense, as Krotov's notebook computes it."""
+    """docs/science.md §2 steps 1-3 in float64 numpy, dense, as Krotov's notebook computes it."""
     Wp = np.sign(W) * np.abs(W) ** (p - 1)  # (F, N)
     I = V @ Wp.T  # (B, F) currents
     order = np.argsort(-I, axis=1, kind="stable")  # best first

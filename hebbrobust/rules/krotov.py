@@ -1,7 +1,7 @@
 """The Krotov–Hopfield local learning rule, for conv filters.
 
 D. Krotov and J. J. Hopfield, "Unsupervised learning by competing hidden units",
-PNAS 116(16):7723-7731 (2019). Restated in the design notes (SCIENCE.md §2); symbols as in the paper:
+PNAS 116(16):7723-7731 (2019). Restated in docs/science.md §2; symbols as in the paper:
 
     W (F, N)   synapses, one hidden unit (conv filter) per row, N = C·w·w
     v (N,)     an input patch scaled to unit p-norm, v = x / ‖x‖_p
@@ -38,7 +38,7 @@ from hebbrobust.config import RuleConfig
 from hebbrobust.models import int_power_
 from hebbrobust.rules import _kernel
 
-NORM_FLOOR = 1e-7  # a patch with ‖x‖_p below this is divided by 1 instead (SCIENCE.md §1)
+NORM_FLOOR = 1e-7  # a patch with ‖x‖_p below this is divided by 1 instead (docs/science.md §1)
 DW_FLOOR = 1e-30  # the smallest max|ΔW| an update is divided by (Krotov's `prec`)
 CHUNK_CURRENTS = 1 << 21  # CPU: currents per block of patches (F=400: 5242 patches, 8 MB), so the kernel
 # reads them from cache right after the GEMM wrote them (measured, 2 cores; scripts/bench_rule.py)
@@ -147,7 +147,7 @@ def _check_rank(k: int, filters: int) -> None:
 
 def krotov_delta(weights: Tensor, patches: Tensor, *, p: float, k: int, delta: float) -> Tensor:
     """ΔW (F, N) of one update from weights W (F, N) and normalised patches V (B, N), computed densely
-    as written: ΔW = gᵀV - diag(Σ_b g_bμ I_bμ) W (SCIENCE.md §2 steps 1-3)."""
+    as written: ΔW = gᵀV - diag(Σ_b g_bμ I_bμ) W (docs/science.md §2 steps 1-3)."""
     W, V = weights, patches  # (F, N), (B, N)
     _check_rank(k, W.shape[0])
     I = V @ power_weights(W, p).T  # (B, F) currents

@@ -11,7 +11,7 @@ A study directory (`<storage>/<name>/`, every path in it absolute) holds:
     trials/<id>/ each trial's metrics.json, filters.png, robustness.png, model.pt (seed<i>/ per seed)
     front.csv, front.png, trials.csv   written when the study ends (also on the MLflow parent run)
 
-Choices that avoid the traps in PLATFORM.md: OptunaSearch gets the metric/mode lists and TuneConfig
+Choices that avoid the traps in docs/platform.md: OptunaSearch gets the metric/mode lists and TuneConfig
 gets neither (else the study silently turns single-objective); FIFO scheduling (early stopping
 would put partial values on the front); the GPU request follows `ray.cluster_resources()`; the
 progress callback holds no renderer (Tune pickles callbacks into its state), only the study
