@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hebbrobust.rules._kernel import set_threads
+from hebbrobust.numeric import set_threads
 
 numba: Any
 try:

@@ -344,10 +344,6 @@ def cache_clear(
     out.print(f"removed {removed} entries from {cache_dir}")
 
 
-def run() -> None:  # pragma: no cover - console entry for `python -m hebbrobust.cli`
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
 

@@ -375,16 +375,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], path: Path | str
             value = yaml.safe_load(raw)
         except (yaml.YAMLError, ValueError, RecursionError):
             value = raw
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise SpecError(path, f"--set {key}", f"{part} is not a mapping")
-            node = nxt
-        node[parts[-1]] = value
+        try:
+            set_dotted(out, key, value, create=True)
+        except TypeError as e:
+            raise SpecError(path, f"--set {key}", f"{e} is not a mapping") from None
     return out
 
 
@@ -410,11 +404,18 @@ def load_trial(path: Path, overrides: list[str] | None = None) -> TrialConfig:
         raise spec_error(path, e, TrialConfig, "base.") from None
 
 
-def get_dotted(data: dict[str, Any], key: str) -> Any:
-    node: Any = data
-    for part in key.split("."):
+def set_dotted(data: dict[str, Any], key: str, value: Any, *, create: bool = False) -> None:
+    """Sets `data[a][b][c] = value` for the dotted key `a.b.c`; with `create`, missing levels become
+    {} (a level that is not a mapping raises TypeError naming it)."""
+    node = data
+    *parents, last = key.strip().split(".")
+    for part in parents:
+        if create and node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise TypeError(part)
         node = node[part]
-    return node
+    node[last] = value
 
 
 def _check_space_key(path: Path | str | None, key: str) -> None:
@@ -447,12 +448,8 @@ def load_study(path: Path, overrides: list[str] | None = None) -> StudySpec:
         _check_space_key(path, key)
         values = dist.choices if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
         for value in values:
-            trial = apply_overrides(base, [], path)
-            node = trial
-            parts = key.split(".")
-            for part in parts[:-1]:
-                node = node[part]
-            node[parts[-1]] = value
+            trial = copy.deepcopy(base)
+            set_dotted(trial, key, value)
             try:
                 TrialConfig.model_validate(trial)
             except ValidationError as e:
@@ -465,9 +462,5 @@ def with_params(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
     """`base` with dotted-key parameters set (as a study trial gets them)."""
     data = base.model_dump(mode="json")
     for key, value in params.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = value
+        set_dotted(data, key, value)
     return TrialConfig.model_validate(data)

@@ -17,6 +17,7 @@ from torch import nn
 
 from hebbrobust import _maxpool
 from hebbrobust.config import ModelConfig
+from hebbrobust.numeric import int_power_
 
 NORM_FLOOR = 1e-7  # patches with a smaller p-norm are not rescaled (divisor 1)
 
@@ -37,20 +38,6 @@ def activation_power(x: torch.Tensor, activation: str, n: float, *, inplace: boo
         # several times faster than pow on CPU
         return s.pow(int(n)) if s.requires_grad or int(n) < 1 else int_power_(s, int(n))
     return s.sign() * s.abs().pow(n)
-
-
-def int_power_(x: torch.Tensor, n: int) -> torch.Tensor:
-    """x**n for an integer n >= 1 by repeated squaring, overwriting x (which is returned for n a power of
-    two). Vectorised multiplies: several times faster than a general pow on CPU."""
-    result: torch.Tensor | None = None
-    while n:
-        if n & 1:
-            result = (x if n == 1 else x.clone()) if result is None else result.mul_(x)
-        n >>= 1
-        if n:
-            x.mul_(x)
-    assert result is not None
-    return result
 
 
 def _power_kernel(weight: torch.Tensor, p: float) -> torch.Tensor:

@@ -45,6 +45,9 @@ ROLE_TAG = "hebbrobust.role"  # "study" (parent) or "trial" (child)
 SEARCHED_TAG = "hebbrobust.params"  # JSON: the searched parameters with their types
 NAMES_TAG = "hebbrobust.metric_names"  # JSON: MLflow metric name -> trial metric name
 REASON_TAG = "hebbrobust.failure_reason"
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3 opens an experiment on the page of its kind
+TRAINING_KIND = "custom_model_development"  # training runs (not the GenAI overview)
 NODE_TAG = "hebbrobust.node_id"  # the Ray node a trial attempt ran on
 HOST_TAG = "hebbrobust.host"  # hostname:pid of the worker process
 NONE_TAG_PREFIX = "hebbrobust.none."
@@ -135,6 +138,7 @@ def ensure_experiment(uri: str, name: str) -> TrackingTarget:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp_id)
+        client.set_experiment_tag(exp_id, KIND_TAG, TRAINING_KIND)
     except MlflowException as e:
         raise _fail(f"cannot open experiment {name!r}", uri, e) from None
     return TrackingTarget(uri, name, str(exp_id))
@@ -217,14 +221,15 @@ def start_parent_run(
     params: Mapping[str, Any],
     tags: Mapping[str, str],
     artifacts: Mapping[str, Path] | None = None,
+    description: str = "",
 ) -> str:
-    """A new parent run for one `study run`; returns its id."""
+    """A new parent run for one `study run` (`description`: its Markdown note in the UI); returns its id."""
     client = target.client()
     try:
         run = client.create_run(
             target.experiment_id,
             run_name=f"{study} study",
-            tags={STUDY_TAG: study, ROLE_TAG: "study", **tags},
+            tags={STUDY_TAG: study, ROLE_TAG: "study", **({NOTE_TAG: description} if description else {}), **tags},
         )
         run_id = run.info.run_id
         client.log_batch(run_id, params=_params(params))
@@ -274,10 +279,6 @@ def close_stale_runs(
     except MlflowException as e:
         raise _fail("cannot close stale trial runs", target.uri, e) from None
     return closed
-
-
-def run_status(target: TrackingTarget, run_id: str) -> str:
-    return target.client().get_run(run_id).info.status
 
 
 def log_front(target: TrackingTarget, run_id: str, files: Mapping[str, Path], summary: Mapping[str, Any]) -> None:

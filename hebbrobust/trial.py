@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +17,15 @@ from hebbrobust.config import AttackConfig, TrialConfig
 from hebbrobust.data import load_dataset
 from hebbrobust.errors import TrialError
 from hebbrobust.evaluate import clean_accuracy, evaluate_robustness, filter_convergence
+from hebbrobust.fileio import atomic_write
+from hebbrobust.metrics import CLEAN_ACC, FILTER_SECONDS, FILTER_SECONDS_SAVED, FILTERS_CACHE_HIT, TRAIN_SECONDS
 from hebbrobust.models import HebbCNN
 from hebbrobust.rules import krotov
-from hebbrobust.train import fit_backprop, fit_filters_local, fit_head
+from hebbrobust.train import EpochCallback, fit_backprop, fit_filters_local, fit_head
 
 # on_epoch(stage, epoch, total_epochs, metrics): stage is "filters", "head" or "backprop";
 # metrics hold that epoch's numbers (e.g. loss, unconverged_frac, lr). Attacks report as stage
 # "attacks" with empty metrics: (batch, eps) steps of the grid, the masking checks, radius batches.
-EpochCallback = Callable[[str, int, int, dict[str, float]], None]
 
 
 @dataclass
@@ -97,13 +95,13 @@ def run_trial(
 
         if filter_cache is None:
             weights, filter_curves = train_filters()
-            metrics["filter_seconds"] = time.perf_counter() - start
+            metrics[FILTER_SECONDS] = time.perf_counter() - start
         else:
             got = cached_filters(filter_cache, filter_key(config, data.shape), train_filters)
             weights, filter_curves = got.weights, got.curves
-            metrics.update(filters_cache_hit=int(got.hit), filters_cache_key=got.key)
-            metrics["filter_seconds"] = 0.0 if got.hit else got.seconds
-            metrics["filter_seconds_saved"] = got.seconds if got.hit else 0.0
+            metrics.update({FILTERS_CACHE_HIT: int(got.hit), "filters_cache_key": got.key})
+            metrics[FILTER_SECONDS] = 0.0 if got.hit else got.seconds
+            metrics[FILTER_SECONDS_SAVED] = got.seconds if got.hit else 0.0
         with torch.no_grad():
             model.conv_weight.copy_(weights.view_as(model.conv_weight))
         curves.update({f"filters/{k}": v for k, v in filter_curves.items()})
@@ -117,10 +115,10 @@ def run_trial(
             checkpoint=ckpt("backprop"), tag=tag,
         )
         curves.update({f"backprop/{k}": v for k, v in bp_curves.items()})
-    metrics["train_seconds"] = time.perf_counter() - start
+    metrics[TRAIN_SECONDS] = time.perf_counter() - start
     model.eval()
-    metrics["clean_acc"] = clean_accuracy(model, x_test, y_test)
-    if not math.isfinite(metrics["clean_acc"]):
+    metrics[CLEAN_ACC] = clean_accuracy(model, x_test, y_test)
+    if not math.isfinite(metrics[CLEAN_ACC]):
         raise TrialError("model output is not finite on the test set")
     filters = model.conv_weight.detach().cpu()
     conv = filter_convergence(filters, config.rule.p, config.converge_tol)
@@ -134,17 +132,6 @@ def run_trial(
         metrics.update(rob)
         extras["robustness"] = rob_extras
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _jsonable(value: Any) -> Any:
@@ -173,19 +160,19 @@ def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
         "config": result.config.model_dump(mode="json"),
         "curves": result.curves,
     }
-    _atomic_write(paths["metrics.json"], lambda p: p.write_text(json.dumps(_jsonable(doc), indent=2)))
+    atomic_write(paths["metrics.json"], lambda p: p.write_text(json.dumps(_jsonable(doc), indent=2)))
     if result.model is not None:
-        _atomic_write(paths["model.pt"], lambda p: torch.save(result.model.state_dict(), p))  # type: ignore[union-attr]
+        atomic_write(paths["model.pt"], lambda p: torch.save(result.model.state_dict(), p))  # type: ignore[union-attr]
     if result.filters is not None:
         kind = result.config.model.kind
-        title = f"{kind} filters, acc {result.metrics.get('clean_acc', float('nan')):.3f}"
+        title = f"{kind} filters, acc {result.metrics.get(CLEAN_ACC, float('nan')):.3f}"
         fig = plots.filter_grid(result.filters.numpy(), title=title)
-        _atomic_write(paths["filters.png"], lambda p: fig.savefig(p, format="png", dpi=100))
+        atomic_write(paths["filters.png"], lambda p: fig.savefig(p, format="png", dpi=100))
         plots.plt.close(fig)
     if "robustness" in result.extras:
         paths["robustness.png"] = out_dir / "robustness.png"
         fig = plots.robustness_figure(result.extras["robustness"], title=f"{result.config.model.kind} model")
-        _atomic_write(paths["robustness.png"], lambda p: fig.savefig(p, format="png", dpi=100))
+        atomic_write(paths["robustness.png"], lambda p: fig.savefig(p, format="png", dpi=100))
         plots.plt.close(fig)
     return paths
 
@@ -231,8 +218,8 @@ def reevaluate(
         other = "pgd" if attack == "fgsm" else "fgsm"
         rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}
     doc.update(_jsonable(rob))
-    _atomic_write(Path(trial_dir) / "metrics.json", lambda p: p.write_text(json.dumps(doc, indent=2)))
+    atomic_write(Path(trial_dir) / "metrics.json", lambda p: p.write_text(json.dumps(doc, indent=2)))
     fig = plots.robustness_figure(extras, title=f"{config.model.kind} model")
-    _atomic_write(Path(trial_dir) / "robustness.png", lambda p: fig.savefig(p, format="png", dpi=100))
+    atomic_write(Path(trial_dir) / "robustness.png", lambda p: fig.savefig(p, format="png", dpi=100))
     plots.plt.close(fig)
     return rob

@@ -37,8 +37,8 @@ from typer.testing import CliRunner
 from hebbrobust import tracking
 from hebbrobust.cli import app
 from hebbrobust.config import Objective, StudySpec, TrialConfig
+from hebbrobust.study.record import CUT_OFF_ATTR, TUNE_TRIAL_ATTR
 from hebbrobust.study.space import check_objectives, trial_metric_names
-from hebbrobust.study.tuner import CUT_OFF_ATTR, TUNE_TRIAL_ATTR
 
 BIN = Path(sys.executable).parent
 ENV = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
@@ -363,7 +363,8 @@ def test_reconcile_recovers_untold_trials_cuts_off_unfinished_ones_and_is_idempo
     between); running. Plus one that really failed (it counts; it is not run again)."""
     from optuna.trial import TrialState
 
-    from hebbrobust.study.tuner import RERUN_ATTR, reconcile
+    from hebbrobust.study.record import RERUN_ATTR
+    from hebbrobust.study.resume import reconcile
 
     spec = StudySpec.model_validate({**GOOD, "objectives": [{"metric": "clean_acc"}, {"metric": "pgd_acc@2"}]})
     target = tracking.ensure_experiment(f"sqlite:///{tmp_path}/mlflow.db", "bad")

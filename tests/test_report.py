@@ -16,10 +16,11 @@ from matplotlib.figure import Figure
 from test_study import TINY_BASE, local_ray  # noqa: F401  (local_ray: the module's Ray fixture)
 from typer.testing import CliRunner
 
-from hebbrobust import plots, report, tracking
+from hebbrobust import numeric, plots, report, tracking
 from hebbrobust.cli import app
 from hebbrobust.config import StudySpec
 from hebbrobust.errors import HebbrobustError
+from hebbrobust.study import record
 
 OBJ = [("acc", "max"), ("rob", "max")]
 runner = CliRunner()
@@ -72,9 +73,9 @@ def test_trials_table_with_min_objective_and_no_finished_trials() -> None:
 
 
 def test_study_counts_count_a_retried_trial_once() -> None:
-    counts = report.study_counts(runs_frame(), total=8)
+    counts = record.study_counts(runs_frame(), total=8)
     assert counts == {"total": 8, "finished": 4, "failed": 1, "unfinished": 3, "runs": 7}
-    assert report.study_counts(pd.DataFrame(), total=2)["unfinished"] == 2
+    assert record.study_counts(pd.DataFrame(), total=2)["unfinished"] == 2
 
 
 # --------------------------------------------------------------------------- correlations
@@ -141,22 +142,15 @@ def test_importance_with_too_few_trials_or_no_study() -> None:
     assert none["objective"].tolist() == ["acc", "rob"] and set(none["note"]) == {"no Optuna study"}
 
 
-def test_missing_optuna_storage_is_a_note_and_is_not_created(tmp_path: Path) -> None:
-    study, why = report.load_optuna_study(f"sqlite:///{tmp_path}/optuna.db", "s")
-    assert study is None and "no Optuna storage" in why and not (tmp_path / "optuna.db").exists()
+def test_missing_optuna_storage_is_an_error_and_is_not_created(tmp_path: Path) -> None:
+    with pytest.raises(HebbrobustError, match="no Optuna storage"):
+        record.load_optuna_study(f"sqlite:///{tmp_path}/optuna.db", "s")
+    assert not (tmp_path / "optuna.db").exists()
 
 
 def test_mlflow_links_only_for_servers() -> None:
     assert report.mlflow_run_url("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
     assert report.mlflow_run_url("sqlite:////x/mlflow.db", "3", "abc") is None
-
-
-def test_constants_agree_with_the_modules_that_own_them() -> None:
-    from hebbrobust import evaluate
-    from hebbrobust.study import tuner
-
-    assert report.STUDY_FILE == tuner.STUDY_FILE and report.SPEC_FILE == tuner.SPEC_FILE
-    assert report.UNCONVERGED == evaluate.UNCONVERGED_FRAC
 
 
 # --------------------------------------------------------------------------- figures (hand-made frames)
@@ -254,7 +248,7 @@ def test_html_report_of_a_real_study(small_study) -> None:
     csv = pd.read_csv(out / "trials.csv")
     assert sorted(csv["run_id"]) == sorted(runs[runs["status"] == "FINISHED"]["run_id"])
     assert len(csv) == 4 and set(csv["model.kernel"]) == {3} and set(csv["model.kind"]) == {"local", "backprop"}
-    assert csv["pareto"].tolist() == report.pareto_front(csv, small_study.objectives).tolist()
+    assert csv["pareto"].tolist() == numeric.pareto_front(csv, small_study.objectives).tolist()
     for col in ("clean_acc", "pgd_acc@2", "pareto_rank", "rule.p", report.UNCONVERGED):
         assert csv[col].notna().all(), col
     front = csv[csv["pareto"]]

@@ -13,12 +13,12 @@ import optuna
 import pandas as pd
 import pytest
 
-from hebbrobust import report, tracking
+from hebbrobust import numeric, tracking
 from hebbrobust.config import StudySpec
 from hebbrobust.errors import HebbrobustError, SpecError
-from hebbrobust.study import space
+from hebbrobust.study import record, space
+from hebbrobust.study.session import trial_resources
 from hebbrobust.study.trainable import aggregate, flatten, objective_problem, trial_config
-from hebbrobust.study.tuner import trial_resources
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,27 +58,27 @@ def test_front_of_a_known_frame() -> None:
         {"acc": [0.9, 0.8, 0.7, 0.85, 0.6], "rob": [0.1, 0.3, 0.5, 0.05, 0.4]},
         index=list("abcde"),
     )
-    front = report.pareto_front(df, MAXMAX)
+    front = numeric.pareto_front(df, MAXMAX)
     assert front.index.tolist() == list("abcde")
     assert front.tolist() == [True, True, True, False, False]  # d < a on both, e < c on both
 
 
 def test_min_and_max_mixed() -> None:
     df = pd.DataFrame({"acc": [0.9, 0.9, 0.8], "seconds": [10.0, 5.0, 1.0]})
-    assert report.pareto_front(df, [("acc", "max"), ("seconds", "min")]).tolist() == [False, True, True]
-    assert report.pareto_front(df, [("acc", "min"), ("seconds", "max")]).tolist() == [True, False, True]
+    assert numeric.pareto_front(df, [("acc", "max"), ("seconds", "min")]).tolist() == [False, True, True]
+    assert numeric.pareto_front(df, [("acc", "min"), ("seconds", "max")]).tolist() == [True, False, True]
 
 
 def test_ties_share_the_front_and_equal_dominated_points_share_a_rank() -> None:
     df = pd.DataFrame({"acc": [0.9, 0.9, 0.5, 0.5, 0.95], "rob": [0.5, 0.5, 0.2, 0.2, 0.1]})
-    assert report.pareto_front(df, MAXMAX).tolist() == [True, True, False, False, True]
-    assert report.pareto_rank(df, MAXMAX).tolist() == [0, 0, 1, 1, 0]
+    assert numeric.pareto_front(df, MAXMAX).tolist() == [True, True, False, False, True]
+    assert numeric.pareto_rank(df, MAXMAX).tolist() == [0, 0, 1, 1, 0]
 
 
 def test_nan_rows_are_never_on_the_front_and_get_no_rank() -> None:
     df = pd.DataFrame({"acc": [0.9, np.nan, 0.99, 0.5], "rob": [0.5, 0.99, None, 0.4]})
-    assert report.pareto_front(df, MAXMAX).tolist() == [True, False, False, False]
-    ranks = report.pareto_rank(df, MAXMAX)
+    assert numeric.pareto_front(df, MAXMAX).tolist() == [True, False, False, False]
+    ranks = numeric.pareto_rank(df, MAXMAX)
     assert str(ranks.dtype) == "Int64"
     assert ranks.isna().tolist() == [False, True, True, False]
     assert ranks.dropna().tolist() == [0, 1]
@@ -87,13 +87,13 @@ def test_nan_rows_are_never_on_the_front_and_get_no_rank() -> None:
 def test_ranks_peel_layers_in_three_objectives() -> None:
     df = pd.DataFrame({"a": [3, 2, 1, 3], "b": [3, 2, 1, 1], "c": [3, 2, 1, 4]})
     obj = [("a", "max"), ("b", "max"), ("c", "max")]
-    assert report.pareto_rank(df, obj).tolist() == [0, 1, 2, 0]
-    assert report.pareto_front(df, obj).tolist() == [True, False, False, True]
+    assert numeric.pareto_rank(df, obj).tolist() == [0, 1, 2, 0]
+    assert numeric.pareto_front(df, obj).tolist() == [True, False, False, True]
 
 
 def test_single_objective_front_is_the_best_rows() -> None:
     df = pd.DataFrame({"loss": [0.3, 0.1, 0.1, 0.2]})
-    assert report.pareto_front(df, [("loss", "min")]).tolist() == [False, True, True, False]
+    assert numeric.pareto_front(df, [("loss", "min")]).tolist() == [False, True, True, False]
 
 
 def test_front_matches_brute_force_across_chunks() -> None:
@@ -101,21 +101,21 @@ def test_front_matches_brute_force_across_chunks() -> None:
     values = rng.random((1300, 3)).round(2)  # rounding makes ties; 1300 > one chunk
     values[::97, 1] = np.nan
     df = pd.DataFrame(values, columns=["x", "y", "z"])
-    got = report.pareto_front(df, [("x", "max"), ("y", "max"), ("z", "max")]).to_numpy()
+    got = numeric.pareto_front(df, [("x", "max"), ("y", "max"), ("z", "max")]).to_numpy()
     assert got.sum() > 0
     assert (got == brute_front(values)).all()
-    ranks = report.pareto_rank(df, [("x", "max"), ("y", "max"), ("z", "max")])
+    ranks = numeric.pareto_rank(df, [("x", "max"), ("y", "max"), ("z", "max")])
     assert ((ranks == 0).fillna(False).to_numpy() == got).all()
 
 
 def test_empty_frame_and_bad_objectives() -> None:
     empty = pd.DataFrame({"acc": [], "rob": []})
-    assert report.pareto_front(empty, MAXMAX).tolist() == []
-    assert report.pareto_rank(empty, MAXMAX).tolist() == []
+    assert numeric.pareto_front(empty, MAXMAX).tolist() == []
+    assert numeric.pareto_rank(empty, MAXMAX).tolist() == []
     with pytest.raises(KeyError, match="no column 'nope'"):
-        report.pareto_front(empty, [("nope", "max")])
+        numeric.pareto_front(empty, [("nope", "max")])
     with pytest.raises(ValueError, match="'max' or 'min'"):
-        report.pareto_front(empty, [("acc", "up")])
+        numeric.pareto_front(empty, [("acc", "up")])
 
 
 def test_with_front_only_counts_finished_trials(tmp_path: Path) -> None:
@@ -128,14 +128,14 @@ def test_with_front_only_counts_finished_trials(tmp_path: Path) -> None:
             "rob": [0.5, 0.99, 0.1],
         }
     )
-    marked = report.with_front(trials, MAXMAX)
+    marked = numeric.with_front(trials, MAXMAX)
     assert marked["on_front"].tolist() == [True, False, True]
-    assert report.front_table(marked, MAXMAX)["trial_id"].tolist() == ["c", "a"]
-    files = report.write_front(marked, MAXMAX, tmp_path)
+    assert numeric.front_table(marked, MAXMAX)["trial_id"].tolist() == ["c", "a"]
+    files = record.write_front(marked, MAXMAX, tmp_path)
     assert pd.read_csv(files["front.csv"])["trial_id"].tolist() == ["c", "a"]
     assert files["front.png"].read_bytes()[:4] == b"\x89PNG"
     # no trial reported the objectives yet: no front, no error
-    assert not report.with_front(trials.drop(columns=["rob"]), MAXMAX)["on_front"].any()
+    assert not numeric.with_front(trials.drop(columns=["rob"]), MAXMAX)["on_front"].any()
 
 
 # --------------------------------------------------------------------------- spec -> space
@@ -364,8 +364,8 @@ def test_trial_runs_nest_under_the_parent_and_read_back(store: tracking.Tracking
     assert [a.path for a in client.list_artifacts(bad.run_id)] == ["traceback.txt"]
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(Path(store.uri[10:]).parent)
 
-    front = report.write_front(
-        report.with_front(df.reset_index(), [("clean_acc", "max")]), [("clean_acc", "max")], tmp_path
+    front = record.write_front(
+        numeric.with_front(df.reset_index(), [("clean_acc", "max")]), [("clean_acc", "max")], tmp_path
     )
     tracking.log_front(store, parent, front, {"front_size": 1})
     tracking.set_run_status(store, parent, "FINISHED")

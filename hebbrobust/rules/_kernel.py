@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from hebbrobust.numeric import set_threads
+
 numba: Any
 try:
     import numba
@@ -157,8 +159,3 @@ def rank_and_add(I: np.ndarray, V: np.ndarray, k: int, delta: float, H: np.ndarr
     if I.shape != want:  # the kernel does not check its indices
         raise ValueError(f"currents have shape {I.shape}, the kernel wants {want}")
     _compiled(I, V, k, np.float32(delta), H, numba.get_num_threads(), lanes, LANES)
-
-
-def set_threads(n: int) -> None:
-    """Use at most n threads (and at most numba's pool) in the calling thread."""
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))

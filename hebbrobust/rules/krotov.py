@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hebbrobust.config import RuleConfig
-from hebbrobust.models import int_power_
+from hebbrobust.numeric import int_power_
 from hebbrobust.rules import _kernel
 
 NORM_FLOOR = 1e-7  # a patch with ‖x‖_p below this is divided by 1 instead (docs/science.md §1)

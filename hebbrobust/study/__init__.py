@@ -1,21 +1,29 @@
-"""Studies on Ray Tune + Optuna + MLflow: the only package that imports ray."""
+"""Studies on Ray Tune + Optuna + MLflow: the only package that imports ray.
 
-from hebbrobust.study.tuner import (
-    StudyOutcome,
-    StudyProgress,
-    find_study_dir,
-    list_studies,
-    resume_study,
-    run_study,
-    show_study,
-)
+directory (paths, study.json, lock), record (the read-only study record, show, list) and resume
+(reconcile) are Ray-free; session (Ray), callbacks (Tune) and run (run/resume) import ray. This
+package imports none of them eagerly, so `hebbrobust.study.record` costs no Ray import."""
 
-__all__ = [
-    "StudyOutcome",
-    "StudyProgress",
-    "find_study_dir",
-    "list_studies",
-    "resume_study",
-    "run_study",
-    "show_study",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "StudyOutcome": "record",
+    "find_study_dir": "directory",
+    "list_studies": "record",
+    "show_study": "record",
+    "read_study": "record",
+    "StudyProgress": "callbacks",
+    "resume_study": "run",
+    "run_study": "run",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hebbrobust.study' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hebbrobust.study.{_WHERE[name]}"), name)

@@ -100,8 +100,11 @@ def trial_config(spec: StudySpec, params: Mapping[str, Any], seed_index: int = 0
 
 
 def _trial_name(params: Mapping[str, Any], trial_id: str) -> str:
-    kind = params.get("model.kind")
-    return f"{kind}-{trial_id}" if kind else trial_id
+    """The MLflow run name: model kind, then the searched parameters by their last key part, then
+    the trial id, e.g. `local p=3 k=2 delta=0.4 (5ac3_00001)`."""
+    shown = [f"{k.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in params.items()
+             if k != "model.kind"]  # fmt: skip
+    return " ".join([str(params.get("model.kind") or "trial"), *shown, f"({trial_id})"])
 
 
 def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:

@@ -1,0 +1,130 @@
+"""The bottom numeric layer: helpers that several layers share and that import nothing of the
+package (numpy, pandas, torch and numba only), so no import runs back up.
+
+- `int_power_`: x**n in place by repeated squaring (models' activation, the Krotov rule's norm);
+- `set_threads`: numba's thread count for the calling thread (the rule's kernel, the max-pool);
+- `pareto_front` / `pareto_rank`: take a DataFrame with one row per trial and a list of
+  `(column, "max" | "min")` objectives. A row dominates another when it is at least as good in every
+  objective and strictly better in one; equal rows do not dominate each other, so ties share a front.
+  Rows with a missing (NaN/None) objective value are never on a front and get no rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+numba: Any
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+Objectives = Sequence[tuple[str, Literal["max", "min"] | str]]
+
+_CHUNK = 1024  # rows compared at once: keeps the (chunk, n, m) comparison cube small
+
+
+def int_power_(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x**n for an integer n >= 1 by repeated squaring, overwriting x (which is returned for n a power of
+    two). Vectorised multiplies: several times faster than a general pow on CPU."""
+    result: torch.Tensor | None = None
+    while n:
+        if n & 1:
+            result = (x if n == 1 else x.clone()) if result is None else result.mul_(x)
+        n >>= 1
+        if n:
+            x.mul_(x)
+    assert result is not None
+    return result
+
+
+def set_threads(n: int) -> None:
+    """Use at most n threads (and at most numba's pool) in the calling thread; nothing without numba."""
+    if numba is not None:
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+def _oriented(df: pd.DataFrame, objectives: Objectives) -> tuple[np.ndarray, np.ndarray]:
+    """(values to maximise (n, m), rows that have every objective) from `df`."""
+    if not objectives:
+        raise ValueError("pareto: need at least one objective")
+    cols = []
+    for name, mode in objectives:
+        if mode not in ("max", "min"):
+            raise ValueError(f"pareto: mode of {name!r} must be 'max' or 'min', got {mode!r}")
+        if name not in df.columns:
+            raise KeyError(f"pareto: no column {name!r}; columns: {', '.join(map(str, df.columns))}")
+        col = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+        cols.append(col if mode == "max" else -col)
+    values: np.ndarray = np.stack(cols, axis=1) if len(df) else np.zeros((0, len(cols)))
+    valid: np.ndarray = ~np.isnan(values).any(axis=1)
+    return values, valid
+
+
+def _non_dominated(values: np.ndarray) -> np.ndarray:
+    """Mask of the rows of `values` (n, m; maximised, no NaN) that no other row dominates."""
+    n = len(values)
+    keep = np.ones(n, dtype=bool)
+    for start in range(0, n, _CHUNK):
+        block = values[start : start + _CHUNK]  # (c, m)
+        # others[j] dominates block[i]: all(others >= block) and any(others > block)
+        ge = np.all(values[None, :, :] >= block[:, None, :], axis=2)  # (c, n)
+        gt = np.any(values[None, :, :] > block[:, None, :], axis=2)
+        keep[start : start + len(block)] = ~np.any(ge & gt, axis=1)
+    return keep
+
+
+def pareto_front(df: pd.DataFrame, objectives: Objectives) -> pd.Series:
+    """True for the rows of `df` on the Pareto front of `objectives` (bool Series on df.index)."""
+    values, valid = _oriented(df, objectives)
+    mask = np.zeros(len(df), dtype=bool)
+    idx = np.flatnonzero(valid)
+    mask[idx] = _non_dominated(values[idx])
+    return pd.Series(mask, index=df.index, name="on_front")
+
+
+def pareto_rank(df: pd.DataFrame, objectives: Objectives) -> pd.Series:
+    """Non-dominated sorting: 0 for the front, 1 for the front once the front is removed, ...;
+    <NA> for rows with a missing objective (nullable Int64 Series on df.index)."""
+    values, valid = _oriented(df, objectives)
+    rank = np.full(len(df), -1, dtype=np.int64)
+    remaining = np.flatnonzero(valid)
+    level = 0
+    while remaining.size:
+        front = _non_dominated(values[remaining])
+        rank[remaining[front]] = level
+        remaining = remaining[~front]
+        level += 1
+    out = pd.Series(rank, index=df.index, name="pareto_rank").astype("Int64")
+    out[~valid] = pd.NA
+    return out
+
+
+def with_front(trials: pd.DataFrame, objectives: Objectives, *, finished_only: bool = True) -> pd.DataFrame:
+    """`trials` with `on_front` and `pareto_rank` columns. With `finished_only`, only rows whose
+    `status` is FINISHED (when there is a status column) compete for the front."""
+    out = trials.copy()
+    eligible = out
+    if finished_only and "status" in out.columns:
+        eligible = out[out["status"] == "FINISHED"]
+    if any(name not in out.columns for name, _ in objectives):  # nothing reported them yet
+        out["on_front"] = False
+        out["pareto_rank"] = pd.Series(pd.NA, index=out.index, dtype="Int64")
+        return out
+    out["on_front"] = pareto_front(eligible, objectives).reindex(out.index, fill_value=False).astype(bool)
+    out["pareto_rank"] = pareto_rank(eligible, objectives).reindex(out.index).astype("Int64")
+    return out
+
+
+def front_table(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
+    """The rows of `trials` (with `on_front`, see `with_front`) on the front, best first objective first."""
+    if "on_front" not in trials.columns:
+        trials = with_front(trials, objectives)
+    front = trials[trials["on_front"]]
+    name, mode = objectives[0]
+    return front.sort_values(name, ascending=(mode == "min"), kind="stable")

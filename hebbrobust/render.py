@@ -1,0 +1,126 @@
+"""A report's page, rendered: the jinja2 templates in hebbrobust/templates (report.html.j2: one
+self-contained page, images as data URIs; report.md.j2: Markdown linking the PNG files) fed
+from a `report.Report`. Tables are pandas' own `to_html` (HTML) or a plain pipe table (Markdown)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+from markupsafe import Markup
+
+from hebbrobust.metrics import UNCONVERGED_FRAC as UNCONVERGED
+from hebbrobust.study.record import KIND
+
+if TYPE_CHECKING:
+    from hebbrobust.report import Report
+
+FORMATS = ("html", "md")
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("hebbrobust", "templates"),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+
+def fmt(value: Any) -> str:
+    """One table cell: – for missing, yes/blank for booleans, 4 significant digits for floats."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else ""
+    if isinstance(value, float | np.floating):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def corr_note(corr: pd.DataFrame) -> str:
+    """Correlation rows as the lines of a figure note."""
+    lines = []
+    for _, r in corr.iterrows():
+        if r["note"]:
+            lines.append(f"{r['kind']:<9} n={r['n']:<3} {r['note']}")
+        else:
+            lines.append(f"{r['kind']:<9} n={r['n']:<3} Pearson {r['pearson']:+.2f}  Spearman {r['spearman']:+.2f}")
+    return "\n".join(lines)
+
+
+def member_title(row: pd.Series, objectives: Sequence[tuple[str, str]]) -> str:
+    """A front member's panel title: trial, kind, scores."""
+    scores = [f"{m} {fmt(row.get(m))}" for m, _ in objectives]
+    if UNCONVERGED in row:
+        scores.append(f"unconverged {fmt(row[UNCONVERGED])}")
+    return f"{row['trial_id']} ({row.get(KIND, '?')})\n" + "\n".join(scores)
+
+
+def rated_trials(r: Report) -> int:
+    return int(r.importance["trials"].iloc[0]) if len(r.importance) else 0
+
+
+def _cells(df: pd.DataFrame, columns: Sequence[str], link: Callable[[str, str], str]) -> pd.DataFrame:
+    """`df[columns]` (those present) as formatted strings; run ids through `link(text, run_id)`."""
+    cols = [c for c in dict.fromkeys(columns) if c in df.columns]
+    out = df[cols].map(fmt) if len(df) else pd.DataFrame(columns=cols)
+    if "run_id" in cols:
+        out["run_id"] = [link(fmt(v), str(v)) for v in df["run_id"]]
+    return out
+
+
+def _html_table(urls: dict[str, str | None]) -> Callable[..., Markup]:
+    def link(text: str, run: str) -> str:
+        url = urls.get(run)
+        if url:
+            return f'<a href="{html.escape(url, quote=True)}">{html.escape(text)}</a>'
+        return f"<code>{html.escape(text)}</code>"
+
+    def table(df: pd.DataFrame, columns: Sequence[str]) -> Markup:
+        cells = _cells(df, columns, link)
+        escaped = cells.apply(lambda col: col if col.name == "run_id" else col.map(html.escape))
+        return Markup(f'<div class="scroll">{escaped.to_html(index=False, escape=False, border=0)}</div>')
+
+    return table
+
+
+def _md_table(urls: dict[str, str | None]) -> Callable[..., str]:
+    def link(text: str, run: str) -> str:
+        url = urls.get(run)
+        return f"[{text}]({url})" if url else f"`{text}`"
+
+    def table(df: pd.DataFrame, columns: Sequence[str]) -> str:
+        cells = _cells(df, columns, link)
+        rows = [" | ".join(str(v).replace("|", "\\|") for v in row) for row in cells.itertuples(index=False)]
+        lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
+        return "\n".join(lines + [f"| {row} |" for row in rows])
+
+    return table
+
+
+def page(r: Report, fmt_name: str) -> str:
+    """The report page in `fmt_name` ("html" or "md")."""
+    from hebbrobust.report import mlflow_run_url
+
+    target, study = r.study.target, r.study
+    urls = {str(run): mlflow_run_url(target.uri, target.experiment_id, str(run)) for run in r.trials.get("run_id", [])}
+    html_page = fmt_name == "html"
+
+    def image(name: str) -> str:
+        data = base64.b64encode((r.out_dir / name).read_bytes()).decode("ascii")
+        return f"data:image/png;base64,{data}" if html_page else name
+
+    return _ENV.get_template(f"report.{fmt_name}.j2").render(
+        r=r, study=study, spec=study.spec, c=r.counts, names=[m for m, _ in study.objectives],
+        kinds=r.trials[KIND].fillna("?").value_counts().to_dict() if KIND in r.trials.columns else {},
+        generated=datetime.now(UTC).isoformat(timespec="seconds"), KIND=KIND, UNCONVERGED=UNCONVERGED,
+        table=_html_table(urls) if html_page else _md_table(urls), image=image, rated=rated_trials(r),
+        not_rated=sorted({n for n in r.importance["note"] if n}), target=target,
+        parent_url=mlflow_run_url(target.uri, target.experiment_id, study.parent_run_id),
+        evaluator=r.importance["evaluator"].iloc[0] if len(r.importance) else "",
+    )  # fmt: skip

@@ -1,0 +1,257 @@
+"""A study as recorded, read-only and Ray-free: study.json, the spec, the MLflow trial runs, their
+counts and front, and the Optuna study. `study show`, `study list`, the report, resume and the
+progress line all read a study through here, and the front files (front.csv, front.png,
+trials.csv in the study directory) are written here and nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hebbrobust import tracking
+from hebbrobust.config import StudySpec, load_study
+from hebbrobust.errors import HebbrobustError
+from hebbrobust.metrics import CLEAN_ACC, TRAIN_SECONDS, UNCONVERGED_FRAC
+from hebbrobust.numeric import Objectives, front_table, with_front
+from hebbrobust.study.directory import SPEC_FILE, find_study_dir, read_meta, study_dirs
+
+TUNE_TRIAL_ATTR = "tune_trial_id"  # Optuna user attr: the Ray Tune trial that ran this Optuna trial
+CUT_OFF_ATTR = "hebbrobust_cut_off"  # Optuna user attr on a trial failed by a resume: why
+RERUN_ATTR = "hebbrobust_rerun_of"  # Optuna user attr on an enqueued rerun: the cut-off trial's number
+KIND = "model.kind"
+FRONT_FILES = ("front.csv", "trials.csv", "front.png")
+
+
+def load_optuna_study(storage_url: str, name: str, *, again: str = "") -> Any:
+    """The Optuna study `name` in `storage_url` (never creating a storage), or a one-line error that
+    ends with `again` (how to go on)."""
+    import optuna
+
+    tail = f"; {again}" if again else ""
+    path = Path(storage_url.removeprefix("sqlite:///"))
+    if storage_url.startswith("sqlite:///") and not path.is_file():  # load_study would create an empty one
+        raise HebbrobustError(f"{path}: the study's Optuna record is missing (no Optuna storage){tail}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=storage_url)
+    except KeyError:
+        raise HebbrobustError(f"{storage_url} holds no Optuna study {name!r}{tail}") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy: a truncated or foreign file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise HebbrobustError(f"{path}: unreadable Optuna record ({e.__class__.__name__}: {first}){tail}") from None
+
+
+def optuna_record(meta: dict[str, Any]) -> Any:
+    """The Optuna study of a study.json, or a one-line error that says how to go on."""
+    again = (
+        f"its finished trials stay in MLflow ({meta['tracking_uri']}, experiment {meta['experiment']!r}); "
+        f"to go on, start a new study: hebbrobust study run {meta.get('spec_source') or 'SPEC'} "
+        f"--set name={meta['name']}-2"
+    )
+    return load_optuna_study(meta["optuna_storage"], meta["name"], again=again)
+
+
+def study_counts(trials: pd.DataFrame, total: int) -> dict[str, int]:
+    """Trials planned, finished, failed, unfinished (never run, cut off or running) and MLflow runs,
+    counting a retried trial's last attempt."""
+    if trials.empty or "status" not in trials.columns:
+        return {"total": total, "finished": 0, "failed": 0, "unfinished": total, "runs": len(trials)}
+    latest = trials.drop_duplicates("trial_id", keep="last") if "trial_id" in trials.columns else trials
+    finished = int((latest["status"] == "FINISHED").sum())
+    failed = int((latest["status"] == "FAILED").sum())
+    return {
+        "total": total,
+        "finished": finished,
+        "failed": failed,
+        "unfinished": max(0, total - finished - failed),
+        "runs": len(trials),
+    }
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study directory's record; trials, counts and the Optuna study are read on first use, once."""
+
+    name: str
+    study_dir: Path
+    spec: StudySpec
+    spec_text: str  # spec.yaml as run
+    meta: dict[str, Any]  # study.json
+    target: tracking.TrackingTarget  # where the trial runs are read from
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        return [(o.metric, o.mode) for o in self.spec.objectives]
+
+    @property
+    def recorded_uri(self) -> str:  # the tracking URI in study.json (target.uri differs with --tracking-uri)
+        return str(self.meta["tracking_uri"])
+
+    @property
+    def parent_run_id(self) -> str:
+        return str(self.meta["parent_run_id"])
+
+    @property
+    def optuna_storage(self) -> str:  # sqlite URL of the Optuna study (optuna-dashboard reads it)
+        return str(self.meta["optuna_storage"])
+
+    @property
+    def num_trials(self) -> int:
+        return int(self.meta["num_trials"])
+
+    @cached_property
+    def trials(self) -> pd.DataFrame:
+        """One row per MLflow child run (every attempt), with `on_front` and `pareto_rank` (finished
+        runs compete), lead columns first: trial_id, model kind, objectives, searched params."""
+        raw = tracking.read_trials(self.target, self.parent_run_id)
+        if raw.empty:
+            raw = pd.DataFrame(columns=["run_id", "trial_id", "status", "reason", KIND])
+        marked = with_front(raw, self.objectives)
+        lead = ["trial_id", KIND, *[m for m, _ in self.objectives], *self.spec.space, "on_front", "pareto_rank"]
+        first = list(dict.fromkeys(c for c in [*lead, "status"] if c in marked.columns))
+        return marked[first + [c for c in marked.columns if c not in first]]
+
+    @cached_property
+    def counts(self) -> dict[str, int]:
+        return study_counts(self.trials, self.num_trials)
+
+    @property
+    def front(self) -> pd.DataFrame:
+        """The finished trials on the front, best first objective first."""
+        return front_table(self.trials, self.objectives)
+
+    def optuna_study(self) -> Any:
+        """The study's Optuna record (loaded on each call: resume changes it), or a one-line error."""
+        return optuna_record(self.meta)
+
+    def write_front(self) -> dict[str, Path]:
+        """front.csv, trials.csv and front.png in the study directory (see `write_front`)."""
+        title = f"{self.name}: {self.counts['finished']} finished trials"
+        return write_front(self.trials, self.objectives, self.study_dir, title=title)
+
+
+def write_front(trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, title: str = "") -> dict[str, Path]:
+    """front.csv (the front), trials.csv (every run, marked) and front.png (the first two
+    objectives, local and backprop apart, the front ringed and joined) under `out_dir`."""
+    import matplotlib.pyplot as plt
+
+    from hebbrobust import plots
+
+    trials = trials if "on_front" in trials.columns else with_front(trials, objectives)
+    paths = {name: Path(out_dir) / name for name in FRONT_FILES}
+    front_table(trials, objectives).to_csv(paths["front.csv"], index=False)
+    trials.to_csv(paths["trials.csv"], index=False)
+    (y_name, _), *rest = objectives
+    x_name, x_mode = rest[0] if rest else (None, "max")
+    fig = plots.pareto_scatter(trials, y=y_name, x=x_name, x_mode=x_mode, kind=KIND, step=len(objectives) == 2,
+                               title=title)  # fmt: skip
+    fig.savefig(paths["front.png"], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def read_study(study_dir: Path | str, *, tracking_uri: str | None = None) -> StudyRecord:
+    """The study in `study_dir`; its runs are read from `tracking_uri` when given (a store moved or
+    served elsewhere: the experiment is looked up by name there), else from the URI it recorded."""
+    study_dir = Path(study_dir).expanduser().resolve()
+    meta = read_meta(study_dir)
+    try:
+        spec_text = (study_dir / SPEC_FILE).read_text()
+    except OSError as e:
+        raise HebbrobustError(f"{study_dir}: not a study directory (no {SPEC_FILE}: {e.__class__.__name__})") from None
+    spec = load_study(study_dir / SPEC_FILE)
+    target = tracking.TrackingTarget(meta["tracking_uri"], meta["experiment"], str(meta["experiment_id"]))
+    if tracking_uri:
+        uri = tracking.resolve_tracking_uri(tracking_uri)
+        found = tracking.find_experiment(uri, meta["experiment"])
+        if found is None:
+            raise HebbrobustError(
+                f"MLflow at {uri}: no experiment {meta['experiment']!r} (the study recorded {meta['tracking_uri']})"
+            )
+        target = found
+    return StudyRecord(meta["name"], study_dir, spec, spec_text, meta, target)
+
+
+@dataclass
+class StudyOutcome:
+    """A study's state after `run_study` / `resume_study` / `show_study`: its record, the front
+    files written, and what this call did."""
+
+    record: StudyRecord
+    files: dict[str, Path] = field(default_factory=dict)  # spec.yaml, front.csv, front.png, trials.csv
+    wall_seconds: float | None = None  # this run/resume call, Ray start-up included
+    interrupted: bool = False  # Tune stopped before every trial ended: `study resume` continues
+    resumed: dict[str, int] = field(default_factory=dict)  # what `resume_study` found and fixed
+
+    name = property(lambda self: self.record.name)
+    study_dir = property(lambda self: self.record.study_dir)
+    spec = property(lambda self: self.record.spec)
+    objectives = property(lambda self: self.record.objectives)
+    tracking_uri = property(lambda self: self.record.target.uri)
+    experiment = property(lambda self: self.record.target.experiment)
+    experiment_id = property(lambda self: self.record.target.experiment_id)
+    parent_run_id = property(lambda self: self.record.parent_run_id)
+    optuna_storage = property(lambda self: self.record.optuna_storage)
+    trials = property(lambda self: self.record.trials)
+    front = property(lambda self: self.record.front)
+    counts = property(lambda self: self.record.counts)
+
+    @property
+    def mlflow_ui_command(self) -> str:
+        """The command that shows this study in the MLflow UI."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"open {self.tracking_uri}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    @property
+    def front_columns(self) -> list[str]:
+        """Columns worth a front table: trial, model kind, objectives, searched params, key metrics."""
+        cols = ["trial_id", KIND] + [m for m, _ in self.objectives]
+        cols += [k for k in self.spec.space if k not in cols]
+        cols += [c for c in (CLEAN_ACC, UNCONVERGED_FRAC, TRAIN_SECONDS) if c not in cols]
+        return [c for c in cols if c in self.front.columns]
+
+
+def outcome(record: StudyRecord) -> StudyOutcome:
+    """The record's outcome, its front files (re)written."""
+    return StudyOutcome(record, {**record.write_front(), "spec.yaml": record.study_dir / SPEC_FILE})
+
+
+def show_study(name_or_dir: str | Path, *, storage: Path | str | None = None) -> StudyOutcome:
+    """A study's trials and front, read back from MLflow (front.csv/png rewritten in its directory)."""
+    return outcome(read_study(find_study_dir(name_or_dir, storage)))
+
+
+_LIST_COLUMNS = ["name", "study_dir", "created", "num_trials", "complete", "failed", "running", "sampler",
+                 "objectives", "tracking_uri", "experiment"]  # fmt: skip
+
+
+def _list_row(study_dir: Path) -> dict[str, Any]:
+    try:
+        record = read_study(study_dir)
+    except HebbrobustError as e:
+        return {"name": study_dir.name, "study_dir": str(study_dir), "error": str(e)}
+    try:
+        states = pd.Series([t.state.name for t in record.optuna_study().get_trials(deepcopy=False)])
+    except HebbrobustError:
+        states = pd.Series([], dtype=str)
+    meta = record.meta
+    return {
+        "name": record.name, "study_dir": str(study_dir), "created": meta.get("created"),
+        "num_trials": meta.get("num_trials"), "complete": int((states == "COMPLETE").sum()),
+        "failed": int((states == "FAIL").sum()), "running": int((states == "RUNNING").sum()),
+        "sampler": record.spec.sampler.name,
+        "objectives": ", ".join(f"{m} ({mode})" for m, mode in record.objectives),
+        "tracking_uri": meta["tracking_uri"], "experiment": meta["experiment"],
+    }  # fmt: skip
+
+
+def list_studies(storage: Path | str | None = None) -> pd.DataFrame:
+    """One row per study under `storage` (default ./hebbrobust-studies): name, directory, creation
+    time, planned trials, Optuna's COMPLETE / FAIL / RUNNING counts, sampler, objectives, MLflow."""
+    rows = [_list_row(d) for d in study_dirs(storage)]
+    return pd.DataFrame(rows, columns=_LIST_COLUMNS + (["error"] if any("error" in r for r in rows) else []))

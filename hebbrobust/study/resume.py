@@ -1,0 +1,95 @@
+"""Reconciling a stopped study before it is resumed (no Ray, no Tune state).
+
+The study's record is Optuna (written by the driver when a trial is asked and told) and MLflow
+(written by the trial itself), never Ray Tune's own state file: Tune snapshots that every >= 10 s,
+so after a crash it lags the other two, and `Tuner.restore` from it would rerun trials that had
+finished (a second FINISHED run) or sample extra ones (more than num_trials COMPLETE), and a
+truncated tuner.pkl (ray issue 58179) would stop the resume outright. So:
+- each Optuna trial carries the Ray Tune trial id (user attr `tune_trial_id`), each MLflow child
+  run the same id (tag `hebbrobust.trial_id`), the Ray node and the worker's host:pid;
+- a trial that raises closes its own run FAILED (reason tag, traceback.txt) and Optuna gets FAIL;
+  a trial whose worker dies (killed, out of memory, node lost) has its run closed FAILED by the
+  driver (`callbacks.TrialRunCloser`); `max_failures` retries either, each attempt its own MLflow run;
+- `reconcile` closes runs left RUNNING as KILLED; an Optuna trial left RUNNING whose run FINISHED
+  is told COMPLETE with the run's values; one without is marked FAIL (user attr
+  `hebbrobust_cut_off`) and its parameters enqueued to run again. Then `run.resume_study` runs
+  num_trials - COMPLETE - FAIL(not cut off) more trials against the same Optuna study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hebbrobust import tracking
+from hebbrobust.config import StudySpec
+from hebbrobust.study.record import CUT_OFF_ATTR, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record
+
+
+@dataclass
+class Resume:
+    """What `resume_study` found before running anything (all zero for a new study)."""
+
+    finished: int = 0  # Optuna COMPLETE trials (after recovering those below)
+    failed: int = 0  # Optuna FAIL trials that really failed (they count towards num_trials)
+    closed_runs: int = 0  # MLflow runs left RUNNING by the stopped driver, now KILLED
+    recovered: int = 0  # Optuna trials left RUNNING whose MLflow run had FINISHED: told COMPLETE
+    cut_off: int = 0  # Optuna trials left RUNNING without a finished run: FAIL + enqueued again
+    remaining: int = 0  # trials still to run
+    best: dict[str, float | None] = field(default_factory=dict)  # best objective values so far
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.TrackingTarget) -> Resume:
+    """Makes Optuna and MLflow agree after the driver stopped (SIGKILL, crash, Ctrl-C): see the
+    module doc. Idempotent; needs no Ray and no Tune state."""
+    from optuna.trial import TrialState
+
+    study = optuna_record({"name": spec.name, **meta})
+    parent = meta["parent_run_id"]
+    out = Resume()
+    out.closed_runs = len(
+        tracking.close_stale_runs(
+            target, parent, status="KILLED",
+            reason="cut off: the study driver stopped before the trial ended (`study resume` runs it again)",
+        )
+    )  # fmt: skip
+    runs = tracking.read_trials(target, parent)
+    done = runs[runs["status"] == "FINISHED"].drop_duplicates("trial_id", keep="last") if len(runs) else runs
+    finished = {str(row["trial_id"]): row for _, row in done.iterrows()}
+    objectives: list[tuple[str, str]] = [(o.metric, o.mode) for o in spec.objectives]
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        row = finished.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)))
+        values = [row.get(m) for m, _ in objectives] if row is not None else []
+        if values and all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            study.tell(trial.number, [float(v) for v in values])  # the driver died between its end and the tell
+            out.recovered += 1
+        else:
+            _cut_off(study, trial)
+            out.cut_off += 1
+    _tally(out, study.get_trials(deepcopy=False), objectives, int(meta["num_trials"]))
+    return out
+
+
+def _cut_off(study: Any, trial: Any) -> None:
+    """A RUNNING trial without a finished run: FAIL (marked cut off) and its parameters enqueued again."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_user_attr(trial._trial_id, CUT_OFF_ATTR, "the study driver stopped first")
+    study.tell(trial.number, state=TrialState.FAIL)
+    study.enqueue_trial(dict(trial.params), user_attrs={RERUN_ATTR: trial.number}, skip_if_exists=False)
+
+
+def _tally(out: Resume, trials: list[Any], objectives: list[tuple[str, str]], total: int) -> None:
+    from optuna.trial import TrialState
+
+    out.finished = sum(t.state == TrialState.COMPLETE for t in trials)
+    out.failed = sum(t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs for t in trials)
+    out.remaining = max(0, total - out.finished - out.failed)
+    for i, (metric, mode) in enumerate(objectives):
+        values = [t.values[i] for t in trials if t.state == TrialState.COMPLETE and t.values]
+        out.best[metric] = (max(values) if mode == "max" else min(values)) if values else None

@@ -1,0 +1,107 @@
+"""The Ray side of a study: joining or starting Ray, the resources each trial asks for, and Tune
+kept quiet while the driver renders progress itself. Choices that avoid known traps: the GPU
+request follows `ray.cluster_resources()`; a local Ray gets a small object store and no dashboard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from hebbrobust.config import StudySpec
+from hebbrobust.errors import HebbrobustError
+
+OBJECT_STORE_BYTES = 200 * 1024**2
+
+_ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
+
+def check_address(address: str | None, source: str = "--address") -> None:
+    """A Ray address is host:port of the head's GCS (e.g. 10.0.0.5:6379), ray://host:port, or auto;
+    checked before anything starts."""
+    if address is None or address == "auto":
+        return
+    found = _ADDRESS.match(address)
+    if found is None or not 0 < int(found.group(3)) < 65536:
+        raise HebbrobustError(
+            f"{source} {address!r}: must be host:port of a Ray head node (e.g. 10.0.0.5:6379) or auto"
+        )
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[dict[str, float]]:
+    """Joins the Ray cluster at `address` (or $RAY_ADDRESS), or starts a local Ray sized to this
+    machine (all its CPUs, a 200 MiB object store, no dashboard) even when a `ray start` cluster
+    runs on this machine (join that one with --address auto). Yields the cluster's resources.
+    A Ray this call started is shut down at the end; one already running is left alone."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        addr = address or os.environ.get("RAY_ADDRESS")
+        check_address(addr, "--address" if address else "$RAY_ADDRESS")
+        try:
+            if addr:
+                ray.init(address=addr, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count() or 1,
+                    object_store_memory=OBJECT_STORE_BYTES,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {addr}" if addr else "a local Ray"
+            raise HebbrobustError(f"cannot start or join {where}: {str(e).splitlines()[0] if str(e) else e}") from None
+        started = True
+    try:
+        yield dict(ray.cluster_resources())
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def trial_resources(spec: StudySpec, cluster: Mapping[str, float]) -> dict[str, float]:
+    """CPUs and GPUs per trial. gpu auto: 1 when the cluster has a GPU, else 0; a GPU request on a
+    cluster without GPUs is an error (Tune would leave the trials pending forever)."""
+    cpus_avail = float(cluster.get("CPU", 0))
+    gpus_avail = float(cluster.get("GPU", 0))
+    cpu = float(spec.resources.cpu)
+    if cpus_avail and cpu > cpus_avail:
+        raise HebbrobustError(f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cpus_avail:g}")
+    want = spec.resources.gpu
+    if want == "auto":
+        gpu = 1.0 if gpus_avail >= 1 else 0.0
+    else:
+        gpu = float(want)
+        if gpu > gpus_avail:
+            raise HebbrobustError(
+                f"resources.gpu: each trial asks for {gpu:g} GPUs but the Ray cluster has {gpus_avail:g} "
+                "(use gpu: auto)"
+            )
+    return {"cpu": cpu, "gpu": gpu}
+
+
+@contextmanager
+def quiet_tune() -> Iterator[None]:
+    """Tune's console output off while a study runs (the caller renders `on_progress`): its new
+    output engine prints tables even at verbose=0, the legacy one with verbose=0 prints nothing.
+    Trial failures still reach the `ray.tune` logger, and MLflow has their tracebacks."""
+    import optuna
+
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    optuna_level = optuna.logging.get_verbosity()
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(optuna_level)
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
