@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 from hebbrobust.metrics import UNCONVERGED_FRAC as UNCONVERGED
 from hebbrobust.study.record import KIND
+from hebbrobust.tracking import mlflow_run_url
 
 if TYPE_CHECKING:
     from hebbrobust.report import Report
@@ -105,8 +106,6 @@ def _md_table(urls: dict[str, str | None]) -> Callable[..., str]:
 
 def page(r: Report, fmt_name: str) -> str:
     """The report page in `fmt_name` ("html" or "md")."""
-    from hebbrobust.report import mlflow_run_url
-
     target, study = r.study.target, r.study
     urls = {str(run): mlflow_run_url(target.uri, target.experiment_id, str(run)) for run in r.trials.get("run_id", [])}
     html_page = fmt_name == "html"

@@ -168,13 +168,6 @@ def importance_table(
     return out.assign(evaluator=EVALUATOR, trials=len(complete))
 
 
-def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The MLflow UI page of a run when the tracking URI is an MLflow server, else None."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return None
-
-
 def filter_image(study_dir: Path, trial_id: str) -> Path | None:
     """A trial's filters.png (the first seed's when the study ran several), or None."""
     trial_dir = study_dir / "trials" / trial_id

@@ -126,6 +126,13 @@ def _fail(what: str, uri: str, e: Exception) -> HebbrobustError:
     return HebbrobustError(f"MLflow at {uri}: {what}: {first}")
 
 
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page of a run when the tracking URI is an MLflow server, else None."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return None
+
+
 def ensure_experiment(uri: str, name: str) -> TrackingTarget:
     """The experiment `name` in the store at `uri` (an absolute URI), created (or restored from
     MLflow's trash) when needed."""
@@ -404,6 +411,33 @@ def _parse_names(tags: Mapping[str, str]) -> dict[str, str]:
         return {}
 
 
+def _trial_row(run: Any) -> dict[str, Any]:
+    """One child run as a row of `read_trials`."""
+    tags = run.data.tags
+    names = _parse_names(tags)
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "trial_id": tags.get(TRIAL_ID_TAG),
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "reason": tags.get(REASON_TAG),
+        "node_id": tags.get(NODE_TAG),
+        "host": tags.get(HOST_TAG),
+        "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else None,
+        "end_time": pd.to_datetime(run.info.end_time, unit="ms") if run.info.end_time else None,
+    }
+    try:
+        row.update(json.loads(tags.get(SEARCHED_TAG, "{}")))
+    except ValueError:
+        pass
+    row.setdefault("model.kind", run.data.params.get("model.kind"))
+    for key, value in run.data.metrics.items():
+        name = names.get(key, key)
+        if "/" not in name:
+            row[name] = value
+    return row
+
+
 def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
     """The child runs of `parent_run_id`, one row each: run_id, trial_id, run_name, status, reason,
     start/end times, the searched params (dotted keys, their own types), `model.kind`, and every
@@ -420,30 +454,7 @@ def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
                 page_token=token,
                 order_by=["attributes.start_time ASC"],
             )
-            for run in page:
-                tags = run.data.tags
-                names = _parse_names(tags)
-                row: dict[str, Any] = {
-                    "run_id": run.info.run_id,
-                    "trial_id": tags.get(TRIAL_ID_TAG),
-                    "run_name": run.info.run_name,
-                    "status": run.info.status,
-                    "reason": tags.get(REASON_TAG),
-                    "node_id": tags.get(NODE_TAG),
-                    "host": tags.get(HOST_TAG),
-                    "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else None,
-                    "end_time": pd.to_datetime(run.info.end_time, unit="ms") if run.info.end_time else None,
-                }
-                try:
-                    row.update(json.loads(tags.get(SEARCHED_TAG, "{}")))
-                except ValueError:
-                    pass
-                row.setdefault("model.kind", run.data.params.get("model.kind"))
-                for key, value in run.data.metrics.items():
-                    name = names.get(key, key)
-                    if "/" not in name:
-                        row[name] = value
-                rows.append(row)
+            rows += [_trial_row(run) for run in page]
             token = page.token
             if not token:
                 break

@@ -149,8 +149,8 @@ def test_missing_optuna_storage_is_an_error_and_is_not_created(tmp_path: Path) -
 
 
 def test_mlflow_links_only_for_servers() -> None:
-    assert report.mlflow_run_url("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
-    assert report.mlflow_run_url("sqlite:////x/mlflow.db", "3", "abc") is None
+    assert tracking.mlflow_run_url("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
+    assert tracking.mlflow_run_url("sqlite:////x/mlflow.db", "3", "abc") is None
 
 
 # --------------------------------------------------------------------------- figures (hand-made frames)
