@@ -163,6 +163,7 @@ def evaluate_cmd(
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
 ]
+STUDY_HELP = "study name, directory, or a storage root holding one study (default: --storage's one study)"
 StorageOpt = Annotated[
     Path | None, typer.Option("--storage", help="study directories root (default ./hebbrobust-studies)")
 ]
@@ -244,7 +245,7 @@ def study_run(
 @study_app.command("resume")
 @friendly
 def study_resume(
-    study_dir: Annotated[Path, typer.Argument(help="the study directory (or its name)")],
+    study_dir: Annotated[Path | None, typer.Argument(help=STUDY_HELP)] = None,
     address: AddressOpt = None,
     storage: StorageOpt = None,
 ) -> None:
@@ -278,7 +279,7 @@ def study_list(storage: StorageOpt = None) -> None:
 @study_app.command("show")
 @friendly
 def study_show(
-    name: Annotated[str, typer.Argument(help="study name or directory")], storage: StorageOpt = None
+    name: Annotated[str | None, typer.Argument(help=STUDY_HELP)] = None, storage: StorageOpt = None
 ) -> None:
     """A study's counts, front and where everything is."""
     from hebbrobust.study import show_study
@@ -289,7 +290,7 @@ def study_show(
 @study_app.command("report")
 @friendly
 def study_report(
-    name: Annotated[str, typer.Argument(help="study name or directory")],
+    name: Annotated[str | None, typer.Argument(help=STUDY_HELP)] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="default: <study dir>/report")] = None,
     storage: StorageOpt = None,
     tracking_uri: Annotated[
@@ -315,18 +316,25 @@ def study_report(
 
 @cache_app.command("list")
 @friendly
-def cache_list(cache_dir: Annotated[Path, typer.Argument(help="a filter-cache directory")]) -> None:
+def cache_list(
+    cache_dir: Annotated[
+        Path | None, typer.Argument(help="a filter-cache directory (default: the caches of the studies in --storage)")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
     """Entries of a filter cache: key, size, settings."""
     from hebbrobust.cache import list_entries
+    from hebbrobust.study.record import filter_caches
 
-    rows = list_entries(cache_dir)
-    table = Table(title=f"{len(rows)} filter sets, {sum(r['bytes'] for r in rows) / 1e6:.1f} MB")
     cols = ("key", "bytes", "train_seconds", "data", "filters", "kernel", "p", "k", "delta", "epochs", "seed")
-    for col in cols:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
-    out.print(table)
+    for where in [cache_dir] if cache_dir is not None else filter_caches(storage):
+        rows = list_entries(where)
+        table = Table(title=f"{where}: {len(rows)} filter sets, {sum(r['bytes'] for r in rows) / 1e6:.1f} MB")
+        for col in cols:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        out.print(table)
 
 
 @cache_app.command("clear")

@@ -18,7 +18,15 @@ from hebbrobust.data import load_dataset
 from hebbrobust.errors import TrialError
 from hebbrobust.evaluate import clean_accuracy, evaluate_robustness, filter_convergence
 from hebbrobust.fileio import atomic_write
-from hebbrobust.metrics import CLEAN_ACC, FILTER_SECONDS, FILTER_SECONDS_SAVED, FILTERS_CACHE_HIT, TRAIN_SECONDS
+from hebbrobust.metrics import (
+    CLEAN_ACC,
+    FILTER_SECONDS,
+    FILTER_SECONDS_SAVED,
+    FILTERS_CACHE_HIT,
+    N_TEST,
+    N_TRAIN,
+    TRAIN_SECONDS,
+)
 from hebbrobust.models import HebbCNN
 from hebbrobust.rules import krotov
 from hebbrobust.train import EpochCallback, fit_backprop, fit_filters_local, fit_head
@@ -80,7 +88,7 @@ def run_trial(
         return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{stage}.pt"
 
     curves: dict[str, list[float]] = {}
-    metrics: dict[str, Any] = {"n_train": len(x_train), "n_test": len(x_test), "device": device.type}
+    metrics: dict[str, Any] = {N_TRAIN: len(x_train), N_TEST: len(x_test), "device": device.type}
     start = time.perf_counter()
     if config.model.kind == "local":
         f, c, w, _ = model.conv_weight.shape

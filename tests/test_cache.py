@@ -146,3 +146,31 @@ def test_head_only_study_trains_filters_once(local_ray, tmp_path: Path) -> None:
         assert torch.equal(state["conv_weight"], plain.filters), trial_id
     changed = run_trial(with_params(spec.base, {"rule.p": 4, "attack.enabled": False}), filter_cache=cache_dir)
     assert changed.metrics["filters_cache_hit"] == 0 and len(list_entries(cache_dir)) == 2
+
+
+def test_cache_list_without_a_directory_finds_the_studies_caches(tmp_path: Path) -> None:
+    """`cache list` alone lists the filter caches of the studies in --storage; a storage root that
+    holds one study stands for that study in `study show/report/resume`."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from hebbrobust.cli import app
+    from hebbrobust.errors import HebbrobustError
+    from hebbrobust.study.directory import find_study_dir
+
+    runner = CliRunner()
+    empty = runner.invoke(app, ["cache", "list", "--storage", str(tmp_path)])
+    assert empty.exit_code == 1 and "no study there has a filter cache" in empty.stderr, empty.output
+    study_dir = tmp_path / "s1"
+    (study_dir / "filter-cache").mkdir(parents=True)
+    (study_dir / "study.json").write_text("{}")
+    spec = {"name": "s1", "base": TINY_BASE, "space": {"rule.p": [2, 3]}, "filter_cache": True}
+    (study_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    cached_filters(study_dir / "filter-cache", filter_key(TrialConfig.model_validate(TINY_BASE), SHAPE), _trainer([]))
+    listed = runner.invoke(app, ["cache", "list", "--storage", str(tmp_path)], terminal_width=300)
+    assert listed.exit_code == 0 and "1 filter sets" in listed.stdout and str(study_dir) in listed.stdout, listed.output
+    assert find_study_dir(tmp_path) == find_study_dir(None, tmp_path) == study_dir
+    (tmp_path / "s2").mkdir()
+    (tmp_path / "s2" / "study.json").write_text("{}")
+    with pytest.raises(HebbrobustError, match="holds 2 studies"):
+        find_study_dir(tmp_path)

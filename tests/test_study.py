@@ -430,12 +430,15 @@ def test_four_trial_study_end_to_end(local_ray, tmp_path: Path) -> None:
 
     study = optuna.load_study(study_name="e2e", storage=outcome.optuna_storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    assert study.metric_names == ["clean_acc", "pgd_acc@2"]  # optuna-dashboard labels the objectives
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
 
     client = tracking.TrackingTarget(uri, "e2e", outcome.experiment_id).client()
     parents = client.search_runs([outcome.experiment_id], filter_string="tags.`hebbrobust.role` = 'study'")
     assert [r.info.run_id for r in parents] == [outcome.parent_run_id]
     assert parents[0].info.status == "FINISHED"
+    assert "study `e2e`" in parents[0].data.tags[tracking.NOTE_TAG]  # the run's description in the UI
+    assert client.get_experiment(outcome.experiment_id).tags[tracking.KIND_TAG] == tracking.TRAINING_KIND
     assert {a.path for a in client.list_artifacts(outcome.parent_run_id)} >= {
         "front.csv",
         "front.png",
@@ -448,6 +451,8 @@ def test_four_trial_study_end_to_end(local_ray, tmp_path: Path) -> None:
     for run_id in children["run_id"]:
         run = client.get_run(run_id)
         assert run.data.tags[tracking.PARENT_TAG] == outcome.parent_run_id
+        name = run.info.run_name  # kind, searched params, trial id: `local p=3 (5ac3_00001)`
+        assert name.startswith(f"{run.data.params['model.kind']} p=") and run.data.tags[tracking.TRIAL_ID_TAG] in name
         assert "pgd_acc_eps2" in run.data.metrics
         assert "filters.png" in {a.path for a in client.list_artifacts(run_id)}
         assert run.data.params["data.train_size"] == "300"
@@ -471,6 +476,8 @@ def test_four_trial_study_end_to_end(local_ray, tmp_path: Path) -> None:
     assert listed[["name", "num_trials", "complete", "failed"]].values.tolist() == [["e2e", 4, 4, 0]]
     shown = show_study("e2e", storage=tmp_path / "studies")
     assert shown.front["run_id"].tolist() == front["run_id"].tolist()
+    for root in (tmp_path / "studies", None):  # a storage root holding one study stands for it
+        assert show_study(root, storage=tmp_path / "studies").study_dir == outcome.study_dir
 
 
 @pytest.mark.slow

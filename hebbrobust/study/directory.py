@@ -58,9 +58,11 @@ def study_dirs(storage: Path | str | None = None) -> list[Path]:
     return [f.parent for f in sorted(root.glob(f"*/{STUDY_FILE}"))] if root.is_dir() else []
 
 
-def find_study_dir(name_or_dir: str | Path, storage: Path | str | None = None) -> Path:
+def find_study_dir(name_or_dir: str | Path | None, storage: Path | str | None = None) -> Path:
     """A study directory given itself, the study's name (looked up under `storage`), or a storage
-    root that holds exactly one study."""
+    root that holds exactly one study (None: the storage root)."""
+    if name_or_dir is None:
+        name_or_dir = storage_root(storage)
     candidate = Path(name_or_dir).expanduser()
     if (candidate / STUDY_FILE).exists():
         return candidate.resolve()

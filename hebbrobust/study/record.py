@@ -17,7 +17,7 @@ from hebbrobust.config import StudySpec, load_study
 from hebbrobust.errors import HebbrobustError
 from hebbrobust.metrics import CLEAN_ACC, TRAIN_SECONDS, UNCONVERGED_FRAC
 from hebbrobust.numeric import Objectives, front_table, with_front
-from hebbrobust.study.directory import SPEC_FILE, find_study_dir, read_meta, study_dirs
+from hebbrobust.study.directory import SPEC_FILE, filter_cache_dir, find_study_dir, read_meta, storage_root, study_dirs
 
 TUNE_TRIAL_ATTR = "tune_trial_id"  # Optuna user attr: the Ray Tune trial that ran this Optuna trial
 CUT_OFF_ATTR = "hebbrobust_cut_off"  # Optuna user attr on a trial failed by a resume: why
@@ -86,10 +86,6 @@ class StudyRecord:
     @property
     def objectives(self) -> list[tuple[str, str]]:
         return [(o.metric, o.mode) for o in self.spec.objectives]
-
-    @property
-    def recorded_uri(self) -> str:  # the tracking URI in study.json (target.uri differs with --tracking-uri)
-        return str(self.meta["tracking_uri"])
 
     @property
     def parent_run_id(self) -> str:
@@ -221,7 +217,7 @@ def outcome(record: StudyRecord) -> StudyOutcome:
     return StudyOutcome(record, {**record.write_front(), "spec.yaml": record.study_dir / SPEC_FILE})
 
 
-def show_study(name_or_dir: str | Path, *, storage: Path | str | None = None) -> StudyOutcome:
+def show_study(name_or_dir: str | Path | None, *, storage: Path | str | None = None) -> StudyOutcome:
     """A study's trials and front, read back from MLflow (front.csv/png rewritten in its directory)."""
     return outcome(read_study(find_study_dir(name_or_dir, storage)))
 
@@ -255,3 +251,20 @@ def list_studies(storage: Path | str | None = None) -> pd.DataFrame:
     time, planned trials, Optuna's COMPLETE / FAIL / RUNNING counts, sampler, objectives, MLflow."""
     rows = [_list_row(d) for d in study_dirs(storage)]
     return pd.DataFrame(rows, columns=_LIST_COLUMNS + (["error"] if any("error" in r for r in rows) else []))
+
+
+def filter_caches(storage: Path | str | None = None) -> list[Path]:
+    """The filter caches of the studies under `storage` (default ./hebbrobust-studies) that use one
+    and have written it, each once; or a one-line error naming where it looked."""
+    found: dict[Path, None] = {}
+    for study_dir in study_dirs(storage):
+        try:
+            spec = load_study(study_dir / SPEC_FILE)
+        except HebbrobustError:
+            continue
+        where = filter_cache_dir(spec, study_dir)
+        if spec.filter_cache and where.is_dir():
+            found[where] = None
+    if not found:
+        raise HebbrobustError(f"{storage_root(storage)}: no study there has a filter cache; name a cache directory")
+    return list(found)
