@@ -126,6 +126,13 @@ def _fail(what: str, uri: str, e: Exception) -> HebbrobustError:
     return HebbrobustError(f"MLflow at {uri}: {what}: {first}")
 
 
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment at `server` (http://host:port), in its model
+    training mode (MLflow 3.x keeps the GenAI/training mode in the URL or the browser; a new browser
+    would open on the GenAI overview)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The MLflow UI page of a run when the tracking URI is an MLflow server, else None."""
     if tracking_uri.startswith(("http://", "https://")):

@@ -198,10 +198,11 @@ class StudyOutcome:
 
     @property
     def mlflow_ui_command(self) -> str:
-        """The command that shows this study in the MLflow UI."""
+        """The command that shows this study's runs in the MLflow UI."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return f"open {self.tracking_uri}"
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+            return f"open {tracking.experiment_url(self.tracking_uri, self.experiment_id)}"
+        url = tracking.experiment_url("http://127.0.0.1:5000", self.experiment_id)
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}  # then open {url}"
 
     @property
     def front_columns(self) -> list[str]:
