@@ -55,6 +55,16 @@ def optuna_record(meta: dict[str, Any]) -> Any:
     return load_optuna_study(meta["optuna_storage"], meta["name"], again=again)
 
 
+def set_trial_attr(storage: Any, study_name: str, number: int, key: str, value: Any) -> None:
+    """Sets user attr `key` on trial `number` of an Optuna study through the storage's public API
+    (a Trial object exists only inside ask/tell; the driver marks trials it did not ask itself)."""
+    from optuna.storages import BaseStorage, RDBStorage
+
+    store = storage if isinstance(storage, BaseStorage) else RDBStorage(str(storage))
+    study_id = store.get_study_id_from_name(study_name)
+    store.set_trial_user_attr(store.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+
+
 def study_counts(trials: pd.DataFrame, total: int) -> dict[str, int]:
     """Trials planned, finished, failed, unfinished (never run, cut off or running) and MLflow runs,
     counting a retried trial's last attempt."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec
-from hebbrobust.study.record import CUT_OFF_ATTR, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record
+from hebbrobust.study.record import CUT_OFF_ATTR, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record, set_trial_attr
 
 
 @dataclass
@@ -49,7 +49,8 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
     module doc. Idempotent; needs no Ray and no Tune state."""
     from optuna.trial import TrialState
 
-    study = optuna_record({"name": spec.name, **meta})
+    meta = {"name": spec.name, **meta}
+    study = optuna_record(meta)
     parent = meta["parent_run_id"]
     out = Resume()
     out.closed_runs = len(
@@ -69,19 +70,20 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
             study.tell(trial.number, [float(v) for v in values])  # the driver died between its end and the tell
             out.recovered += 1
         else:
-            _cut_off(study, trial)
+            _cut_off(study, meta, trial)
             out.cut_off += 1
     _tally(out, study.get_trials(deepcopy=False), objectives, int(meta["num_trials"]))
     return out
 
 
-def _cut_off(study: Any, trial: Any) -> None:
-    """A RUNNING trial without a finished run: FAIL (marked cut off) and its parameters enqueued again."""
+def _cut_off(study: Any, meta: Mapping[str, Any], trial: Any) -> None:
+    """A RUNNING trial without a finished run: marked cut off, its parameters enqueued again, then FAIL
+    (in this order, so a crash in between leaves it RUNNING for the next reconcile)."""
     from optuna.trial import TrialState
 
-    study._storage.set_trial_user_attr(trial._trial_id, CUT_OFF_ATTR, "the study driver stopped first")
-    study.tell(trial.number, state=TrialState.FAIL)
+    set_trial_attr(meta["optuna_storage"], meta["name"], trial.number, CUT_OFF_ATTR, "the study driver stopped first")
     study.enqueue_trial(dict(trial.params), user_attrs={RERUN_ATTR: trial.number}, skip_if_exists=False)
+    study.tell(trial.number, state=TrialState.FAIL)
 
 
 def _tally(out: Resume, trials: list[Any], objectives: list[tuple[str, str]], total: int) -> None:

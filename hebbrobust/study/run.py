@@ -24,7 +24,7 @@ from hebbrobust.config import StudySpec
 from hebbrobust.errors import HebbrobustError
 from hebbrobust.study import directory as sd
 from hebbrobust.study.callbacks import SINKS, ProgressCallback, ProgressFn, TrialRunCloser, close_open_runs
-from hebbrobust.study.record import TUNE_TRIAL_ATTR, StudyOutcome, outcome, read_study
+from hebbrobust.study.record import TUNE_TRIAL_ATTR, StudyOutcome, outcome, read_study, set_trial_attr
 from hebbrobust.study.resume import Resume, reconcile
 from hebbrobust.study.session import check_address, quiet_tune, ray_session, trial_resources
 from hebbrobust.study.space import (
@@ -40,13 +40,24 @@ from hebbrobust.study.trainable import TrialContext, run_study_trial
 
 class StudySearch(OptunaSearch):
     """OptunaSearch that writes the Ray Tune trial id on each Optuna trial (user attr
-    `tune_trial_id`), so that Optuna trials join the MLflow runs (tag `hebbrobust.trial_id`)."""
+    `tune_trial_id`), so that Optuna trials join the MLflow runs (tag `hebbrobust.trial_id`).
+    Tune asks one trial at a time in the driver, so the trial just asked is the newest RUNNING one
+    without the attr; it is found and marked through the Optuna storage's public API."""
+
+    def __init__(self, *, storage: Any, study_name: str, **kwargs: Any) -> None:
+        super().__init__(storage=storage, study_name=study_name, **kwargs)
+        self.record_storage, self.record_name = storage, study_name
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        from optuna.trial import TrialState
+
         params = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if params is not None and ot_trial is not None:
-            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        if params is not None:
+            study_id = self.record_storage.get_study_id_from_name(self.record_name)
+            running = self.record_storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            fresh = [t.number for t in running if TUNE_TRIAL_ATTR not in t.user_attrs]
+            if fresh:
+                set_trial_attr(self.record_storage, self.record_name, max(fresh), TUNE_TRIAL_ATTR, trial_id)
         return params  # type: ignore[no-any-return]
 
 
