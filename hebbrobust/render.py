@@ -121,5 +121,13 @@ def page(r: Report, fmt_name: str) -> str:
         table=_html_table(urls) if html_page else _md_table(urls), image=image, rated=rated_trials(r),
         not_rated=sorted({n for n in r.importance["note"] if n}), target=target,
         parent_url=mlflow_run_url(target.uri, target.experiment_id, study.parent_run_id),
-        evaluator=r.importance["evaluator"].iloc[0] if len(r.importance) else "",
+        evaluator=r.importance["evaluator"].iloc[0] if len(r.importance) else "", **_selections(r),
     )  # fmt: skip
+
+
+def _selections(r: Report) -> dict[str, pd.DataFrame]:
+    """The page's row selections: the first two objectives' correlation, the unconverged
+    fraction's, the front."""
+    corr, names = r.correlations, [m for m, _ in r.study.objectives]
+    pair = corr[(corr["x"] == names[0]) & (corr["y"] == names[1])] if len(names) > 1 else corr.iloc[0:0]
+    return {"pair_corr": pair, "uc_corr": corr[corr["x"] == UNCONVERGED], "front": r.trials[r.trials["pareto"]]}
