@@ -2,7 +2,7 @@
 MLflow records them. `run_study` starts one, `resume_study` continues a stopped one (after
 `resume.reconcile`); both build their Tuner in `_tuner` from one `StudyRun`.
 
-Choices that avoid known traps: OptunaSearch gets the metric/mode lists and TuneConfig gets neither
+Choices that avoid the traps in docs/platform.md: OptunaSearch gets the metric/mode lists and TuneConfig gets neither
 (else the study silently turns single-objective); FIFO scheduling (early stopping would put partial
 values on the front); Tune's own state is never read back (see resume.py)."""
 

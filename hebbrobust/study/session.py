@@ -1,5 +1,5 @@
 """The Ray side of a study: joining or starting Ray, the resources each trial asks for, and Tune
-kept quiet while the driver renders progress itself. Choices that avoid known traps: the GPU
+kept quiet while the driver renders progress itself. Choices that avoid the traps in docs/platform.md: the GPU
 request follows `ray.cluster_resources()`; a local Ray gets a small object store and no dashboard."""
 
 from __future__ import annotations
