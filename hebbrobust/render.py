@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from hebbrobust.metrics import UNCONVERGED_FRAC as UNCONVERGED
 from hebbrobust.study.record import KIND
-from hebbrobust.tracking import mlflow_run_url
+from hebbrobust.tracking import experiment_url, mlflow_run_url
 
 if TYPE_CHECKING:
     from hebbrobust.report import Report
@@ -121,6 +121,7 @@ def page(r: Report, fmt_name: str) -> str:
         table=_html_table(urls) if html_page else _md_table(urls), image=image, rated=rated_trials(r),
         not_rated=sorted({n for n in r.importance["note"] if n}), target=target,
         parent_url=mlflow_run_url(target.uri, target.experiment_id, study.parent_run_id),
+        runs_url=experiment_url("http://127.0.0.1:5000", target.experiment_id, study.objectives[0][0]),
         evaluator=r.importance["evaluator"].iloc[0] if len(r.importance) else "", **_selections(r),
     )  # fmt: skip
 

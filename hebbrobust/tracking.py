@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
@@ -126,11 +127,15 @@ def _fail(what: str, uri: str, e: Exception) -> HebbrobustError:
     return HebbrobustError(f"MLflow at {uri}: {what}: {first}")
 
 
-def experiment_url(server: str, experiment_id: str) -> str:
-    """The MLflow UI's runs table of an experiment at `server` (http://host:port), in its model
+def experiment_url(server: str, experiment_id: str, sort_metric: str | None = None) -> str:
+    """The MLflow UI's table of an experiment's trial runs at `server` (http://host:port): in model
     training mode (MLflow 3.x keeps the GenAI/training mode in the URL or the browser; a new browser
-    would open on the GenAI overview)."""
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    opens on the GenAI overview), the trials flat (not folded under the study's run), best
+    `sort_metric` first."""
+    query = {"workflowType": "machine_learning", "searchFilter": f"tags.`{ROLE_TAG}` = 'trial'"}
+    if sort_metric:
+        query |= {"orderByKey": f"metrics.`{mlflow_name(sort_metric)}`", "orderByAsc": "false"}
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
 
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:

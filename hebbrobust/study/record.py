@@ -210,8 +210,8 @@ class StudyOutcome:
     def mlflow_ui_command(self) -> str:
         """The command that shows this study's runs in the MLflow UI."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return f"open {tracking.experiment_url(self.tracking_uri, self.experiment_id)}"
-        url = tracking.experiment_url("http://127.0.0.1:5000", self.experiment_id)
+            return f"open {tracking.experiment_url(self.tracking_uri, self.experiment_id, self.objectives[0][0])}"
+        url = tracking.experiment_url("http://127.0.0.1:5000", self.experiment_id, self.objectives[0][0])
         return f"mlflow ui --backend-store-uri {self.tracking_uri}  # then open {url}"
 
     @property
