@@ -72,6 +72,7 @@ def _pool(h, pool, stride, out, idx, T):  # type: ignore[no-untyped-def]
 
 if numba is not None:
     _compiled = numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)(_pool)
+    _serial = numba.njit(cache=True, boundscheck=False, nogil=True)(_pool)  # one thread, no pool (see _kernel)
 
 
 def max_pool2d_with_indices(h: torch.Tensor, pool: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +95,10 @@ def max_pool2d_with_indices(h: torch.Tensor, pool: int, stride: int) -> tuple[to
         raise ValueError(f"pool {pool} is larger than the {H}x{W} input")
     out = torch.empty(B, OH, OW, C)
     idx = torch.empty(B, OH, OW, C, dtype=torch.int32)
-    set_threads(torch.get_num_threads())
-    _compiled(h.permute(0, 2, 3, 1).numpy(), pool, stride, out.numpy(), idx.numpy(), numba.get_num_threads())
+    args = (h.permute(0, 2, 3, 1).numpy(), pool, stride, out.numpy(), idx.numpy())
+    if torch.get_num_threads() == 1:
+        _serial(*args, 1)
+    else:
+        set_threads(torch.get_num_threads())
+        _compiled(*args, numba.get_num_threads())
     return out.permute(0, 3, 1, 2), idx.permute(0, 3, 1, 2)  # (B, C, OH, OW) views, channels-last

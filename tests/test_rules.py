@@ -218,7 +218,7 @@ def test_update_batch_is_exact_on_ties_and_near_ties(ranking: str) -> None:
 def test_kernel_ranks_like_a_stable_descending_sort_and_adds_g_transpose_v(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled kernel alone, both rankings: exact ties (repeated currents) rank the lower unit first,
     as np.argsort(-I, kind="stable") does, NaN and -inf currents are never ranked (units 0..k-1 fill in),
-    and H gets gᵀV, bit for bit the same on 1 or 2 threads and for either ranking."""
+    and H gets gᵀV, bit for bit the same on 1 or 2 threads (serial or parallel build) and for either ranking."""
     assert krotov._kernel.AVAILABLE, "numba is a dependency: CPU updates must use the compiled kernel"
     rng = np.random.default_rng(3)
     c, F_, N, k, delta = 1777, 37, 10, 4, 0.3  # more patches than LANES: several blocks, a partial one
@@ -239,10 +239,12 @@ def test_kernel_ranks_like_a_stable_descending_sort_and_adds_g_transpose_v(monke
     for unit_major in (True, False):  # both rankings
         monkeypatch.setattr(krotov._kernel, "LANES_MAX_UNITS", F_ if unit_major else F_ - 1)
         assert krotov._kernel.unit_major(F_) == unit_major
-        for threads in (1, 2):
+        for threads, serial in ((1, True), (1, False), (2, False)):  # the serial build, the parallel one
             krotov._kernel.set_threads(threads)
             H = np.zeros((F_, N), np.float32)
-            krotov._kernel.rank_and_add(np.ascontiguousarray(I.T if unit_major else I), V, k, delta, H)
+            krotov._kernel.rank_and_add(
+                np.ascontiguousarray(I.T if unit_major else I), V, k, delta, H, threads=1 if serial else None
+            )
             np.testing.assert_allclose(H, g.T @ V, rtol=1e-5, atol=1e-5)
             got.append(H)
     krotov._kernel.set_threads(torch.get_num_threads())

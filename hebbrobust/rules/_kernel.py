@@ -144,6 +144,11 @@ if numba is not None:
     _compiled = numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")(
         _rank_and_add
     )
+    # One thread: the same code compiled without the OpenMP pool (prange runs as range: same sums), and
+    # numba's thread API left alone. Every numba.get/set_num_threads call wakes the pool, whose workers
+    # then spin: a one-CPU trial's spinning worker took a core from its own torch ops and from the
+    # concurrent trial's (quickstart attacks 2-10x slower after the rule or the pool had run).
+    _serial = numba.njit(cache=True, boundscheck=False, nogil=True, error_model="numpy")(_rank_and_add)
 
 
 def unit_major(units: int) -> bool:
@@ -151,11 +156,17 @@ def unit_major(units: int) -> bool:
     return units <= LANES_MAX_UNITS
 
 
-def rank_and_add(I: np.ndarray, V: np.ndarray, k: int, delta: float, H: np.ndarray) -> None:
+def rank_and_add(
+    I: np.ndarray, V: np.ndarray, k: int, delta: float, H: np.ndarray, threads: int | None = None
+) -> None:
     """H += gᵀV for the patches V (c, N) with currents I, (F, c) if unit_major(F) else (c, F); see the
-    module docstring. Arrays are float32, C-contiguous; 1 <= k <= F."""
+    module docstring. Arrays are float32, C-contiguous; 1 <= k <= F. threads: 1 runs the serial build
+    (numba's pool untouched); None uses numba.get_num_threads() (see set_threads)."""
     lanes = unit_major(H.shape[0])
     want = (H.shape[0], V.shape[0]) if lanes else (V.shape[0], H.shape[0])
     if I.shape != want:  # the kernel does not check its indices
         raise ValueError(f"currents have shape {I.shape}, the kernel wants {want}")
-    _compiled(I, V, k, np.float32(delta), H, numba.get_num_threads(), lanes, LANES)
+    if threads == 1:
+        _serial(I, V, k, np.float32(delta), H, 1, lanes, LANES)
+    else:
+        _compiled(I, V, k, np.float32(delta), H, numba.get_num_threads(), lanes, LANES)

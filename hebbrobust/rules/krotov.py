@@ -198,6 +198,7 @@ class _Workspace:
     compiled: bool  # rank and add with the compiled kernel (CPU float32, numba), else topk + index_add
     unit_major: bool  # currents (F, c): the compiled kernel ranks patches side by side (few units)
     master: Tensor | None  # (F, N) float64: the weights the updates add up in, W its rounding
+    threads: int  # torch's thread count: 1 runs the compiled kernel's serial build
 
     @classmethod
     def make(cls, W: Tensor, rows: int, p: float, k: int, master: Tensor | None) -> _Workspace:
@@ -205,14 +206,15 @@ class _Workspace:
         on_cpu = W.device.type == "cpu"
         chunk = min(rows, max(256, CHUNK_CURRENTS // F_) if on_cpu else CUDA_CHUNK)
         compiled = on_cpu and W.dtype == torch.float32 and _kernel.AVAILABLE
-        if compiled:
-            _kernel.set_threads(torch.get_num_threads())
+        threads = torch.get_num_threads()
+        if compiled and threads > 1:  # one thread: the serial kernel, numba's pool untouched (_kernel)
+            _kernel.set_threads(threads)
         if master is not None and (master.shape != W.shape or master.dtype != torch.float64):
             want, got = tuple(W.shape), (master.dtype, tuple(master.shape))
             raise ValueError(f"master weights must be float64 {want}, got {got}")
         e = torch.empty_like
         unit_major = compiled and _kernel.unit_major(F_)
-        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, compiled, unit_major, master)
+        return cls(e(W), e(W), e(W), W.new_empty(chunk, F_), p, k, chunk, compiled, unit_major, master, threads)
 
 
 def _rank_topk(I: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -234,7 +236,7 @@ def _update(W: Tensor, V: Tensor, ws: _Workspace, delta: float, lr: float, norma
         else:
             I = torch.mm(Vc, Wp.T, out=ws.I[:c])  # (c, F) currents
         if ws.compiled:
-            _kernel.rank_and_add(I.numpy(), Vc.detach().numpy(), ws.k, delta, H.numpy())
+            _kernel.rank_and_add(I.numpy(), Vc.detach().numpy(), ws.k, delta, H.numpy(), ws.threads)
             continue
         top, kth = _rank_topk(I, ws.k)
         H.index_add_(0, top, Vc)
