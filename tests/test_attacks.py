@@ -296,6 +296,50 @@ def test_pgd_min_radius_stops_at_first_flip() -> None:
     assert math.isinf(found[3].item())
 
 
+def plain_pgd_min_radius(model: nn.Module, x: Tensor, y: Tensor, *, step: float, ball: float, max_steps: int) -> Tensor:
+    """pgd_min_radius restated: every image alone, every step until its first flip or the budget."""
+    rho = torch.full((len(x),), math.inf, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    for i in range(len(x)):
+        xi, yi, x0 = x[i : i + 1].clone(), y[i : i + 1], x[i : i + 1]
+        for t in range(max_steps + 1):
+            if model(xi).argmax(1).item() != yi.item():
+                rho[i] = (xi - x0).abs().max().double()
+                break
+            if t < max_steps:
+                xi = (xi + step * input_gradient(model, xi, yi).sign()).clamp(x0 - ball, x0 + ball).clamp(0, 1)
+    model.train(was_training)
+    return rho
+
+
+def test_pgd_min_radius_equals_its_plain_restatement_and_stops_cycling_images(
+    problem: tuple[nn.Module, Tensor, Tensor],
+) -> None:
+    """Images whose iterates cycle between two correct points stop early with inf; the radii equal the
+    plain per-image loop's (a small ball leaves many unbroken: they cycle on its boundary)."""
+    model, x, y = problem
+    x, y = x[:24], y[:24]
+    kw = {"step": 5e-3, "ball": 0.08, "max_steps": 40}
+    rows: list[int] = []
+
+    class Counted(nn.Module):  # a module, so the attack puts the inner model in eval mode
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, v: Tensor) -> Tensor:
+            rows.append(len(v))
+            return self.inner(v)
+
+    got = pgd_min_radius(Counted(), x, y, **kw)  # type: ignore[arg-type]
+    want = plain_pgd_min_radius(model, x, y, **kw)  # type: ignore[arg-type]
+    assert torch.isinf(want).sum() >= 4 and torch.isfinite(want).sum() >= 4, want
+    assert len(rows) < kw["max_steps"] + 1 or rows[-1] < int(torch.isinf(want).sum())  # some cycled, stopped
+    assert torch.equal(got.isinf(), want.isinf())
+    assert ((got - want).abs()[want.isfinite()] < 1e-6).all()
+
+
 def test_min_radius_edge_cases() -> None:
     model, x, y, _ = linear_problem([0.02, 0.03])
     y_wrong = torch.tensor([1, 0])  # the first image is already misclassified
