@@ -51,7 +51,7 @@ def filter_key(config: TrialConfig, in_shape: tuple[int, int, int]) -> dict[str,
         "in_shape": list(in_shape),
         "filters": config.model.filters,
         "kernel": config.model.kernel,
-        "rule": config.rule.model_dump(mode="json"),
+        "rule": config.rule.model_dump(mode="json", exclude={"min_converged"}),  # the gate acts after training
         "seed": config.seed,
     }
 

@@ -128,7 +128,9 @@ def trial_run(
     shown = {k: v for k, v in result.metrics.items() if not isinstance(v, list | dict)}
     out.print(_metrics_table(shown, f"{config.model.kind} model on {config.data.name}"))
     _warn_masking(result.metrics)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if result.metrics.get("gated"):
+        err.print(f"[yellow]{result.metrics.get('gated_reason')}[/yellow]: no head was trained")
+    out.print(f"wrote {', '.join(str(p) for p in paths.values() if p.exists())}")
 
 
 def _warn_masking(metrics: dict[str, Any]) -> None:
@@ -178,7 +180,10 @@ class StudyBar:
 
     def __call__(self, p: Any) -> None:
         best = "  ".join(f"{k}={v:.4g}" for k, v in p.best.items() if v is not None)
-        text = f"{p.name}: {p.running} running  {p.failed} failed  {p.cache_hits} filter-cache hits  best {best}"
+        text = (
+            f"{p.name}: {p.running} running  {p.failed} failed  {getattr(p, 'gated', 0)} gated  "
+            f"{p.cache_hits} filter-cache hits  best {best}"
+        )
         if self.task is None:
             self.task = self.progress.add_task(text, total=p.total)
         self.progress.update(self.task, completed=p.done + p.failed, description=text)
@@ -198,7 +203,8 @@ def _print_outcome(outcome: Any) -> None:
     out.print(table)
     c = outcome.counts
     out.print(
-        f"trials: {c.get('finished', 0)} finished, {c.get('failed', 0)} failed, {c.get('unfinished', 0)} unfinished"
+        f"trials: {c.get('finished', 0)} finished, {c.get('gated', 0)} gated, {c.get('failed', 0)} failed, "
+        f"{c.get('unfinished', 0)} unfinished"
         + (f"; wall {outcome.wall_seconds:.0f} s" if outcome.wall_seconds else "")
     )
     r = getattr(outcome, "resumed", None)

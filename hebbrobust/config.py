@@ -85,6 +85,13 @@ class RuleConfig(_Frozen):
         description="precision the filters' updates add up in; currents are float32 either way. float32 (the "
         "thesis) loses steps below half a float32 ulp of the weights, which late small-lr epochs are made of",
     )
+    min_converged: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="gate (thesis: 0.8): filters whose converged fraction (1 - unconverged_frac) ends below this "
+        "get no head; the trial stops there and is recorded as gated. None: every filter set gets a head",
+    )
 
 
 class OptimConfig(_Frozen):
@@ -105,9 +112,16 @@ class AttackConfig(_Frozen):
     pgd_alpha: float = Field(0.25, gt=0, le=1, description="PGD step as a fraction of eps")
     pgd_restarts: int = Field(1, ge=1, le=100, description="PGD random restarts")
     n_images: int = Field(500, ge=1, description="test images attacked on the fixed-eps grid")
-    radius_images: int = Field(500, ge=0, description="test images for minimal radii (0 = skip)")
+    radius_images: Annotated[int, Field(ge=0)] | Literal["confident"] = Field(
+        500,
+        description="test images for minimal radii: the first N correct ones with softmax > C (0 = skip), or "
+        "confident: all of them (the thesis's rule; then fewer than min_confident of them means no radii)",
+    )
     confidence: float = Field(0.8, ge=0, lt=1, description="minimal radii only on images with softmax > C")
-    min_radius_images: int = Field(20, ge=1, description="fewer confident images than this: no R")
+    min_confident: int = Field(
+        500, ge=1, description="radius_images: confident only: fewer confident correct images: no radii, R None"
+    )
+    min_radius_images: int = Field(20, ge=1, description="fewer broken images than this: no logistic fit, R None")
     radius_pgd_step: float = Field(1e-3, gt=0, description="PGD first-flip: signed step size")
     radius_pgd_max_steps: int = Field(700, ge=1, description="PGD first-flip: step budget")
     radius_pgd_ball: float = Field(0.12, gt=0, le=1, description="PGD first-flip: L-inf ball radius")
@@ -124,7 +138,13 @@ class AttackConfig(_Frozen):
 class TrialConfig(_Frozen):
     """One model trained and measured end to end."""
 
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the data subset, filter init and all training")
+    seed: int = Field(
+        0, ge=0, le=2**31 - 1, description="seeds the conv layer's init and local filter training (head_seed's default)"
+    )
+    head_seed: int | None = Field(
+        None, ge=0, le=2**31 - 1,
+        description="seeds the head's init, the gradient training (head or backprop) and the attacks; None: seed",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -142,6 +162,11 @@ class TrialConfig(_Frozen):
             raise ValueError(f"rule.k ({self.rule.k}) must be <= model.filters ({self.model.filters})")
         return self
 
+    @property
+    def training_seed(self) -> int:
+        """The seed of the head / backprop training and the attacks."""
+        return self.seed if self.head_seed is None else self.head_seed
+
     def digest(self) -> str:
         """A short stable hash of the whole config."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -151,7 +176,22 @@ class TrialConfig(_Frozen):
 # --------------------------------------------------------------------------- study
 
 
-class FloatDist(_Frozen):
+class _Dist(_Frozen):
+    when: dict[str, list[Any]] | None = Field(
+        None,
+        description="sample this key only where these settings hold ({dotted key: value or list of values}); "
+        "a key must be listed earlier in space or be a base value",
+    )
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (list(x) if isinstance(x, list | tuple) else [x]) for k, x in v.items()}
+        return v
+
+
+class FloatDist(_Dist):
     type: Literal["float"]
     low: float
     high: float
@@ -166,7 +206,7 @@ class FloatDist(_Frozen):
         return self
 
 
-class IntDist(_Frozen):
+class IntDist(_Dist):
     type: Literal["int"]
     low: int
     high: int
@@ -182,7 +222,7 @@ class IntDist(_Frozen):
         return self
 
 
-class CategoricalDist(_Frozen):
+class CategoricalDist(_Dist):
     type: Literal["categorical"]
     choices: list[Any] = Field(min_length=1)
 
@@ -215,6 +255,13 @@ class Resources(_Frozen):
         return v
 
 
+class NestedSeeds(_Frozen):
+    """The thesis's ensembles: `filters` filter seeds x `heads` head seeds per configuration."""
+
+    filters: int = Field(1, ge=1, le=100, description="filter seeds (TrialConfig.seed, seed + i)")
+    heads: int = Field(1, ge=1, le=100, description="head seeds per filter seed (TrialConfig.head_seed, + j)")
+
+
 class StudySpec(_Frozen):
     name: str = Field("study", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="study name")
     base: TrialConfig = TrialConfig()
@@ -226,7 +273,15 @@ class StudySpec(_Frozen):
     sampler: SamplerConfig = SamplerConfig()
     num_trials: int = Field(8, ge=1, le=1_000_000)
     max_concurrent: int = Field(2, ge=1, le=10_000)
-    seeds: int = Field(1, ge=1, le=100, description="repeats per configuration, averaged")
+    by_kind: dict[Literal["local", "backprop"], dict[str, Any]] = Field(
+        default_factory=dict,
+        description="base values per model kind ({backprop: {model.power: 1}}); a sampled value wins over them",
+    )
+    seeds: Annotated[int, Field(ge=1, le=100)] | NestedSeeds = Field(
+        1,
+        description="repeats per configuration, averaged: N (seeds seed..seed+N-1), or {filters: A, heads: B} "
+        "(A filter seeds x B head seeds; spreads split into <m>_std_filters and <m>_std_heads)",
+    )
     max_failures: int = Field(0, ge=0, le=100, description="retries of a failed trial (a crashed worker, a lost node)")
     resources: Resources = Resources()
     tracking_uri: str | None = Field(None, description="MLflow URI (default: sqlite ./mlflow.db)")
@@ -238,6 +293,16 @@ class StudySpec(_Frozen):
     filter_cache_dir: Path | None = Field(
         None, description="filter cache directory (default <study dir>/filter-cache; shared storage on a cluster)"
     )
+
+    @property
+    def seed_grid(self) -> tuple[int, int]:
+        """(filter seeds, head seeds); an int N is (N, 1)."""
+        return (self.seeds, 1) if isinstance(self.seeds, int) else (self.seeds.filters, self.seeds.heads)
+
+    @property
+    def n_seeds(self) -> int:
+        a, b = self.seed_grid
+        return a * b
 
     @field_validator("space", mode="before")
     @classmethod
@@ -398,10 +463,29 @@ def load_trial(path: Path, overrides: list[str] | None = None) -> TrialConfig:
         raise SpecError(path, "base", "must be a mapping", type(base).__name__)
     sets = [o.removeprefix("base.") for o in overrides or []]
     base = _absolute_data_path(apply_overrides(base, sets, path))
+    by_kind = data.get("by_kind") if base is not data else None
+    if isinstance(by_kind, dict):  # the spec's values for this kind, unless --set names them
+        kind = base.get("model", {}).get("kind", "local") if isinstance(base.get("model"), dict) else "local"
+        given = {o.split("=", 1)[0].strip() for o in sets}
+        values = by_kind.get(kind) or {}
+        if not isinstance(values, dict):
+            raise SpecError(path, f"by_kind.{kind}", "must be a mapping of dotted trial keys to values", values)
+        base = copy.deepcopy(base)
+        for k, v in values.items():
+            if k not in given:
+                set_dotted(base, k, v, create=True)
     try:
         return TrialConfig.model_validate(base)
     except ValidationError as e:
         raise spec_error(path, e, TrialConfig, "base.") from None
+
+
+def get_dotted(data: dict[str, Any], key: str) -> Any:
+    """`data[a][b][c]` for the dotted key `a.b.c` (KeyError when a level is missing)."""
+    node: Any = data
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, *, create: bool = False) -> None:
@@ -418,17 +502,83 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, *, create: bool = Fal
     node[last] = value
 
 
-def _check_space_key(path: Path | str | None, key: str) -> None:
+def _check_space_key(path: Path | str | None, key: str, field: str | None = None) -> None:
+    field = field or f"space.{key}"
     current: Any = TrialConfig
     for part in key.split("."):
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             allowed = ", ".join(sorted(fields)) if fields else "(none: not a mapping)"
-            raise SpecError(path, f"space.{key}", f"not a trial setting; allowed at '{part}': {allowed}")
+            raise SpecError(path, field, f"not a trial setting; allowed at '{part}': {allowed}")
         ann = fields[part].annotation
         current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     if current is not None:
-        raise SpecError(path, f"space.{key}", "names a whole section; search a setting inside it")
+        raise SpecError(path, field, "names a whole section; search a setting inside it")
+
+
+def study_trial(spec: StudySpec, params: dict[str, Any]) -> TrialConfig:
+    """The trial a study runs for sampled `params`: the base, then `by_kind` for the trial's model kind,
+    then the sampled values (they win)."""
+    kind = params.get("model.kind", spec.base.model.kind)
+    return with_params(spec.base, {**spec.by_kind.get(kind, {}), **params})
+
+
+def _dist_values(dist: FloatDist | IntDist | CategoricalDist) -> list[Any]:
+    return list(dist.choices) if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
+
+
+def _takes(dist: FloatDist | IntDist | CategoricalDist, value: Any) -> bool:
+    """Whether `dist` can sample `value`."""
+    if isinstance(dist, CategoricalDist):
+        return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(dist, IntDist):
+        return float(value).is_integer() and dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0
+    return dist.low <= value <= dist.high
+
+
+def _check_by_kind(path: Path | str | None, spec: StudySpec) -> None:
+    for kind, values in spec.by_kind.items():
+        for key in values:
+            _check_space_key(path, key, f"by_kind.{kind}.{key}")
+            if key == "model.kind":
+                raise SpecError(path, f"by_kind.{kind}.{key}", "a kind's values cannot change the kind", values[key])
+        try:
+            with_params(spec.base, {**values, "model.kind": kind})
+        except ValidationError as e:
+            inner = spec_error(None, e, TrialConfig)
+            raise SpecError(path, f"by_kind.{kind}", f"gives an invalid trial: {inner}") from None
+
+
+def _check_when(path: Path | str | None, spec: StudySpec, key: str, earlier: list[str]) -> dict[str, Any]:
+    """The `when` of space entry `key` checked; returns one setting that makes it apply (for range checks)."""
+    dist = spec.space[key]
+    example: dict[str, Any] = {}
+    for cond, values in (dist.when or {}).items():
+        field = f"space.{key}.when.{cond}"
+        _check_space_key(path, cond, field)
+        if not values:
+            raise SpecError(path, field, "must name at least one value", values)
+        if cond in spec.space and cond not in earlier:
+            raise SpecError(
+                path, field, "a `when` may only refer to keys listed before it in space (sampled first) or to "
+                "base values; move this entry below it", cond,
+            )  # fmt: skip
+        if cond in spec.space:
+            bad = [v for v in values if not _takes(spec.space[cond], v)]
+            if bad:
+                shown = ", ".join(map(str, _dist_values(spec.space[cond])))
+                raise SpecError(path, field, f"never sampled: space.{cond} takes {shown}", bad[0])
+        else:
+            for value in values:
+                try:
+                    study_trial(spec, {**example, cond: value})
+                except ValidationError as e:
+                    inner = spec_error(None, e, TrialConfig)
+                    raise SpecError(path, field, f"value {value!r} is not a valid setting: {inner}") from None
+        example[cond] = values[0]
+    return example
 
 
 def load_study(path: Path, overrides: list[str] | None = None) -> StudySpec:
@@ -443,15 +593,13 @@ def load_study(path: Path, overrides: list[str] | None = None) -> StudySpec:
         raise spec_error(path, e, StudySpec) from None
     if not spec.space:
         raise SpecError(path, "space", "must name at least one setting to search")
-    base = spec.base.model_dump(mode="json")
-    for key, dist in spec.space.items():
+    _check_by_kind(path, spec)
+    for i, (key, dist) in enumerate(spec.space.items()):
         _check_space_key(path, key)
-        values = dist.choices if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
-        for value in values:
-            trial = copy.deepcopy(base)
-            set_dotted(trial, key, value)
+        condition = _check_when(path, spec, key, list(spec.space)[:i])
+        for value in _dist_values(dist):
             try:
-                TrialConfig.model_validate(trial)
+                study_trial(spec, {**condition, key: value})
             except ValidationError as e:
                 inner = spec_error(None, e, TrialConfig)
                 raise SpecError(path, f"space.{key}", f"value {value!r} gives an invalid trial: {inner}") from None

@@ -6,7 +6,9 @@ Metric names (used everywhere else; MLflow rejects '@', so tracking maps names a
   accuracy on the attacked images), fgsm_racc@<e>, pgd_racc@<e> (among the clean-correct ones),
   grid_clean_acc, grid_images
 - minimal radii: <attack>_eps50, _auc, _R, _r2, _R_reason, _unbroken_frac for attack in fgsm, pgd;
-  radius_images (how many confident correct images were attacked)
+  radius_images (how many confident correct images were attacked); with radius_images: confident also
+  confident_images (all correct test images with softmax > C; below attack.min_confident no radii are
+  measured and every radius metric is None with <attack>_R_reason saying so)
 - gradient-masking checks (0/1 flag + the number behind it): mask_pgd_le_fgsm +
   mask_pgd_minus_fgsm_max, mask_large_eps_ok + mask_large_eps_acc, mask_zero_grad_ok +
   mask_zero_grad_frac, mask_all_ok
@@ -32,6 +34,7 @@ from hebbrobust.config import AttackConfig
 from hebbrobust.metrics import (  # noqa: F401 - re-exported: evaluate names what it reports
     ATTACK_SECONDS,
     CLEAN_ACC,
+    CONFIDENT_IMAGES,
     GRID_CLEAN_ACC,
     GRID_IMAGES,
     MASK_ALL_OK,
@@ -363,7 +366,9 @@ def evaluate_robustness(
         return {}, {}
     start = time.perf_counter()
     batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
-    total = batches(min(cfg.n_images, len(x_test))) * len(cfg.eps) + 1 + batches(cfg.radius_images)
+    confident_mode = cfg.radius_images == "confident"
+    wanted = len(x_test) if confident_mode else int(cfg.radius_images)
+    total = batches(min(cfg.n_images, len(x_test))) * len(cfg.eps) + 1 + batches(wanted)
     done = 0
 
     def tick() -> None:
@@ -383,8 +388,13 @@ def evaluate_robustness(
     metrics.update(masking_checks(grid, cfg.eps, large_acc, zero_frac))
     tick()
 
-    idx = _confident_correct(model, x_test, y_test, n=cfg.radius_images, confidence=cfg.confidence,
-                             batch_size=cfg.batch_size)
+    idx = _confident_correct(model, x_test, y_test, n=wanted, confidence=cfg.confidence, batch_size=cfg.batch_size)
+    if confident_mode:
+        metrics[CONFIDENT_IMAGES] = int(idx.numel())
+    skip = None
+    if confident_mode and idx.numel() < cfg.min_confident:  # the thesis skips such models for R
+        skip = f"{idx.numel()} confident correct test images < attack.min_confident {cfg.min_confident}"
+        idx = idx[:0]
     radii = _batched_radii(model, x_test[idx], y_test[idx], cfg, tick)
     if done < total:  # fewer confident images than asked for: fewer radius batches
         done = total - 1
@@ -399,6 +409,8 @@ def evaluate_robustness(
     }
     for a in ATTACKS:
         s = robustness_summary(radii[a], eps_max, min_images=cfg.min_radius_images)
+        if skip is not None:
+            s.update(R_reason=skip)
         for key in ("eps50", "auc", "R", "r2", "R_reason", "unbroken_frac"):
             metrics[f"{a}_{key}"] = s[key]
         extras[f"radii_{a}"] = radii[a]

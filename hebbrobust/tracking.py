@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hebbrobust.errors import HebbrobustError
+from hebbrobust.metrics import GATED_REASON
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "hebbrobust.trial_id"
@@ -49,6 +50,7 @@ REASON_TAG = "hebbrobust.failure_reason"
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3 opens an experiment on the page of its kind
 TRAINING_KIND = "custom_model_development"  # training runs (not the GenAI overview)
+GATED_TAG = "hebbrobust.gated"  # on a FINISHED trial run stopped by rule.min_converged: why (Optuna: PRUNED)
 NODE_TAG = "hebbrobust.node_id"  # the Ray node a trial attempt ran on
 HOST_TAG = "hebbrobust.host"  # hostname:pid of the worker process
 NONE_TAG_PREFIX = "hebbrobust.none."
@@ -399,8 +401,8 @@ class TrialRun:
             self._client.log_batch(self.run_id, tags=[_tag(k, v) for k, v in all_tags.items()])
         self._client.set_terminated(self.run_id, status=status)
 
-    def finish(self) -> None:
-        self._close("FINISHED")
+    def finish(self, tags: Mapping[str, str] | None = None) -> None:
+        self._close("FINISHED", tags)
 
     def fail(self, reason: str, traceback_text: str | None = None, *, status: str = "FAILED") -> None:
         """FAILED (or KILLED), with the reason as a tag and the traceback as the artifact traceback.txt."""
@@ -443,6 +445,8 @@ def _trial_row(run: Any) -> dict[str, Any]:
     except ValueError:
         pass
     row.setdefault("model.kind", run.data.params.get("model.kind"))
+    if GATED_TAG in tags:
+        row[GATED_REASON] = tags[GATED_TAG]
     for key, value in run.data.metrics.items():
         name = names.get(key, key)
         if "/" not in name:

@@ -23,6 +23,8 @@ from hebbrobust.metrics import (
     FILTER_SECONDS,
     FILTER_SECONDS_SAVED,
     FILTERS_CACHE_HIT,
+    GATED,
+    GATED_REASON,
     N_TEST,
     N_TRAIN,
     TRAIN_SECONDS,
@@ -30,6 +32,8 @@ from hebbrobust.metrics import (
 from hebbrobust.models import HebbCNN
 from hebbrobust.rules import krotov
 from hebbrobust.train import EpochCallback, fit_backprop, fit_filters_local, fit_head
+
+CONVERGED_FRAC = "converged_frac"  # 1 - unconverged_frac of the filters, where rule.min_converged is set
 
 # on_epoch(stage, epoch, total_epochs, metrics): stage is "filters", "head" or "backprop";
 # metrics hold that epoch's numbers (e.g. loss, unconverged_frac, lr). Attacks report as stage
@@ -70,6 +74,9 @@ def run_trial(
 ) -> TrialResult:
     """Train and measure one model. Raises TrialError (with the reason) when it diverges.
 
+    With `rule.min_converged` set, local filters whose converged fraction ends below it get no head:
+    the result then has metrics `gated` = 1 and `gated_reason`, no model and no clean accuracy.
+
     With `filter_cache` (a directory), local filters come from / go to the shared filter cache, so
     trials that differ only in head settings train their filters once. With `checkpoint_dir`, every
     training stage saves its state each epoch there, and a rerun of the same config resumes."""
@@ -79,6 +86,10 @@ def run_trial(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     model = build_model(config, data.shape, len(data.classes)).to(device)
+    if config.training_seed != config.seed:  # the head's init follows the head seed, the conv's the (filter) seed
+        torch.manual_seed(config.training_seed)
+        model.head.reset_parameters()
+    seed = config.training_seed
     # checkpoints are reusable across changes that do not touch what they hold: the filters' by their
     # cache key, the head's and the backprop model's by everything but the attack settings
     filters_tag = key_hash(filter_key(config, data.shape))
@@ -113,13 +124,28 @@ def run_trial(
         with torch.no_grad():
             model.conv_weight.copy_(weights.view_as(model.conv_weight))
         curves.update({f"filters/{k}": v for k, v in filter_curves.items()})
+        gate = config.rule.min_converged
+        if gate is not None:
+            conv = filter_convergence(weights.detach().cpu(), config.rule.p, config.converge_tol)
+            metrics[CONVERGED_FRAC] = 1.0 - conv["unconverged_frac"]
+            if metrics[CONVERGED_FRAC] < gate:
+                metrics[GATED] = 1
+                metrics[GATED_REASON] = (
+                    f"gated: converged fraction {metrics[CONVERGED_FRAC]:.3f} < rule.min_converged {gate:g}"
+                )
+                metrics["unconverged_frac"] = conv["unconverged_frac"]
+                metrics["train_seconds"] = time.perf_counter() - start
+                filters = weights.detach().cpu().view_as(model.conv_weight)
+                extra = {"convergence": conv, "input_shape": data.shape}
+                return TrialResult(config, metrics, curves, None, filters, extra)
+            metrics[GATED] = 0
         head_curves = fit_head(
-            model, x_train, y_train, config.head, seed=config.seed, on_epoch=on_epoch, checkpoint=ckpt("head"), tag=tag
+            model, x_train, y_train, config.head, seed=seed, on_epoch=on_epoch, checkpoint=ckpt("head"), tag=tag
         )
         curves.update({f"head/{k}": v for k, v in head_curves.items()})
     else:
         bp_curves = fit_backprop(
-            model, x_train, y_train, config.backprop, seed=config.seed, on_epoch=on_epoch,
+            model, x_train, y_train, config.backprop, seed=seed, on_epoch=on_epoch,
             checkpoint=ckpt("backprop"), tag=tag,
         )
         curves.update({f"backprop/{k}": v for k, v in bp_curves.items()})
@@ -135,7 +161,7 @@ def run_trial(
     extras: dict[str, Any] = {"convergence": conv, "input_shape": data.shape}
     if config.attack.enabled:
         rob, rob_extras = evaluate_robustness(
-            model, x_test, y_test, config.attack, seed=config.seed, on_step=on_epoch
+            model, x_test, y_test, config.attack, seed=seed, on_step=on_epoch
         )
         metrics.update(rob)
         extras["robustness"] = rob_extras
@@ -221,7 +247,9 @@ def reevaluate(
         changes["n_images"] = n_images
     attack_cfg = config.attack.model_validate({**config.attack.model_dump(), **changes})
     data = load_dataset(config.data)
-    rob, extras = evaluate_robustness(model, data.x_test, data.y_test, attack_cfg, seed=config.seed, on_step=on_step)
+    rob, extras = evaluate_robustness(
+        model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed, on_step=on_step
+    )
     if attack is not None:
         other = "pgd" if attack == "fgsm" else "fgsm"
         rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}

@@ -45,7 +45,7 @@ def test_space_list_shorthand_is_categorical(tmp_path: Path) -> None:
 
 
 BAD = [
-    ({"bas": {}}, "bas: unknown field; allowed: base, experiment"),  # allowed list shown
+    ({"bas": {}}, "bas: unknown field; allowed: base, by_kind, experiment"),  # allowed list shown
     ({"base": {"rule": {"pwer": 2}}}, "base.rule.pwer: unknown field; allowed: accumulate, batch_size"),
     ({"base": {"rule": {"p": 0.5}}}, "base.rule.p: Input should be greater than or equal to 1"),
     ({"base": {"rule": {"delta": -0.1}}}, "base.rule.delta"),

@@ -6,6 +6,7 @@ the driver's renderer through the study directory it was registered under."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from ray import tune
 
 from hebbrobust import tracking
 from hebbrobust.errors import HebbrobustError
-from hebbrobust.metrics import FILTERS_CACHE_HIT
+from hebbrobust.metrics import FILTERS_CACHE_HIT, GATED
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class StudyProgress:
     best: dict[str, float | None]  # objective -> best value among finished trials
     elapsed_s: float
     cache_hits: int = 0  # finished trials whose filters came from the filter cache
+    gated: int = 0  # ended at rule.min_converged without a head (Optuna PRUNED; among `done`)
 
 
 ProgressFn = Callable[[StudyProgress], None]
@@ -55,9 +57,11 @@ class ProgressCallback(tune.Callback):
         done_before: int = 0,
         failed_before: int = 0,
         best_before: Mapping[str, float | None] | None = None,
+        gated_before: int = 0,
     ) -> None:
         self.study_dir, self.name, self.total, self.objectives = study_dir, name, total, objectives
         self.done_before, self.failed_before = done_before, failed_before  # ended before this (resumed) session
+        self.gated_before = gated_before
         self.best_before = dict(best_before or {})
         self._start = time.time()
         self._last: tuple[Any, ...] | None = None
@@ -73,7 +77,9 @@ class ProgressCallback(tune.Callback):
             values = [
                 float(t.last_result[metric])
                 for t in trials
-                if t.status == "TERMINATED" and isinstance(t.last_result.get(metric), int | float)
+                if t.status == "TERMINATED"
+                and isinstance(t.last_result.get(metric), int | float)
+                and math.isfinite(t.last_result[metric])  # a gated trial reports NaN
             ]
             if self.best_before.get(metric) is not None:
                 values.append(float(self.best_before[metric]))  # type: ignore[arg-type]
@@ -81,6 +87,7 @@ class ProgressCallback(tune.Callback):
         done = self.done_before + states.count("TERMINATED")
         failed = self.failed_before + states.count("ERROR")
         running = states.count("RUNNING")
+        ended = [t.last_result or {} for t in trials if t.status == "TERMINATED"]
         return StudyProgress(
             name=self.name,
             total=self.total,
@@ -90,9 +97,8 @@ class ProgressCallback(tune.Callback):
             failed=failed,
             best=best,
             elapsed_s=time.time() - self._start,
-            cache_hits=sum(
-                1 for t in trials if t.status == "TERMINATED" and (t.last_result or {}).get(FILTERS_CACHE_HIT) == 1
-            ),
+            cache_hits=sum(1 for r in ended if r.get(FILTERS_CACHE_HIT) == 1),
+            gated=self.gated_before + sum(1 for r in ended if r.get(GATED) == 1),
         )
 
     def _emit(self, trials: list[Any]) -> None:
@@ -106,6 +112,7 @@ class ProgressCallback(tune.Callback):
             progress.pending,
             progress.failed,
             progress.cache_hits,
+            progress.gated,
             tuple(progress.best.items()),
         )
         if key == self._last:

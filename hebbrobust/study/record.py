@@ -15,7 +15,7 @@ import pandas as pd
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec, load_study
 from hebbrobust.errors import HebbrobustError
-from hebbrobust.metrics import CLEAN_ACC, TRAIN_SECONDS, UNCONVERGED_FRAC
+from hebbrobust.metrics import CLEAN_ACC, GATED_REASON, TRAIN_SECONDS, UNCONVERGED_FRAC
 from hebbrobust.numeric import Objectives, front_table, with_front
 from hebbrobust.study.directory import SPEC_FILE, filter_cache_dir, find_study_dir, read_meta, storage_root, study_dirs
 
@@ -66,20 +66,31 @@ def set_trial_attr(storage: Any, study_name: str, number: int, key: str, value: 
 
 
 def study_counts(trials: pd.DataFrame, total: int) -> dict[str, int]:
-    """Trials planned, finished, failed, unfinished (never run, cut off or running) and MLflow runs,
-    counting a retried trial's last attempt."""
+    """Trials planned, finished, gated (FINISHED runs stopped at rule.min_converged: no objectives),
+    failed, unfinished (never run, cut off or running) and MLflow runs, counting a retried trial's
+    last attempt."""
     if trials.empty or "status" not in trials.columns:
-        return {"total": total, "finished": 0, "failed": 0, "unfinished": total, "runs": len(trials)}
+        return {"total": total, "finished": 0, "gated": 0, "failed": 0, "unfinished": total, "runs": len(trials)}
     latest = trials.drop_duplicates("trial_id", keep="last") if "trial_id" in trials.columns else trials
-    finished = int((latest["status"] == "FINISHED").sum())
+    done = latest["status"] == "FINISHED"
+    gated = int((done & is_gated(latest)).sum())
+    finished = int(done.sum()) - gated
     failed = int((latest["status"] == "FAILED").sum())
     return {
         "total": total,
         "finished": finished,
+        "gated": gated,
         "failed": failed,
-        "unfinished": max(0, total - finished - failed),
+        "unfinished": max(0, total - finished - gated - failed),
         "runs": len(trials),
     }
+
+
+def is_gated(trials: pd.DataFrame) -> pd.Series:
+    """Per run: whether it stopped at rule.min_converged (its `gated_reason` is set)."""
+    if GATED_REASON not in trials.columns:
+        return pd.Series(False, index=trials.index)
+    return trials[GATED_REASON].notna()
 
 
 @dataclass(frozen=True)

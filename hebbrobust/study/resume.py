@@ -12,8 +12,9 @@ truncated tuner.pkl (ray issue 58179) would stop the resume outright. So:
   driver (`callbacks.TrialRunCloser`); `max_failures` retries either, each attempt its own MLflow run;
 - `reconcile` closes runs left RUNNING as KILLED; an Optuna trial left RUNNING whose run FINISHED
   is told COMPLETE with the run's values; one without is marked FAIL (user attr
-  `hebbrobust_cut_off`) and its parameters enqueued to run again. Then `run.resume_study` runs
-  num_trials - COMPLETE - FAIL(not cut off) more trials against the same Optuna study.
+  `hebbrobust_cut_off`) and its parameters enqueued to run again; a gated one (FINISHED run with
+  `hebbrobust.gated`) is told PRUNED. Then `run.resume_study` runs
+  num_trials - COMPLETE - PRUNED - FAIL(not cut off) more trials against the same Optuna study.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec
+from hebbrobust.metrics import GATED_REASON
 from hebbrobust.study.record import CUT_OFF_ATTR, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record, set_trial_attr
 
 
@@ -37,6 +39,7 @@ class Resume:
     closed_runs: int = 0  # MLflow runs left RUNNING by the stopped driver, now KILLED
     recovered: int = 0  # Optuna trials left RUNNING whose MLflow run had FINISHED: told COMPLETE
     cut_off: int = 0  # Optuna trials left RUNNING without a finished run: FAIL + enqueued again
+    gated: int = 0  # Optuna PRUNED trials (stopped at rule.min_converged; they count towards num_trials)
     remaining: int = 0  # trials still to run
     best: dict[str, float | None] = field(default_factory=dict)  # best objective values so far
 
@@ -65,6 +68,10 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
     objectives: list[tuple[str, str]] = [(o.metric, o.mode) for o in spec.objectives]
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         row = finished.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)))
+        if row is not None and isinstance(row.get(GATED_REASON), str):  # gated, then the driver died
+            study.tell(trial.number, state=TrialState.PRUNED)
+            out.recovered += 1
+            continue
         values = [row.get(m) for m, _ in objectives] if row is not None else []
         if values and all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             study.tell(trial.number, [float(v) for v in values])  # the driver died between its end and the tell
@@ -91,7 +98,8 @@ def _tally(out: Resume, trials: list[Any], objectives: list[tuple[str, str]], to
 
     out.finished = sum(t.state == TrialState.COMPLETE for t in trials)
     out.failed = sum(t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs for t in trials)
-    out.remaining = max(0, total - out.finished - out.failed)
+    out.gated = sum(t.state == TrialState.PRUNED for t in trials)
+    out.remaining = max(0, total - out.finished - out.failed - out.gated)
     for i, (metric, mode) in enumerate(objectives):
         values = [t.values[i] for t in trials if t.state == TrialState.COMPLETE and t.values]
         out.best[metric] = (max(values) if mode == "max" else min(values)) if values else None

@@ -22,15 +22,19 @@ from ray.tune.search.optuna import OptunaSearch
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec
 from hebbrobust.errors import HebbrobustError
+from hebbrobust.metrics import GATED
 from hebbrobust.study import directory as sd
 from hebbrobust.study.callbacks import SINKS, ProgressCallback, ProgressFn, TrialRunCloser, close_open_runs
 from hebbrobust.study.record import TUNE_TRIAL_ATTR, StudyOutcome, outcome, read_study, set_trial_attr
 from hebbrobust.study.resume import Resume, reconcile
 from hebbrobust.study.session import check_address, quiet_tune, ray_session, trial_resources
 from hebbrobust.study.space import (
+    SearchSpace,
     absolute_paths,
     check_data_paths,
     check_objectives,
+    grid_points,
+    is_conditional,
     make_sampler,
     num_samples,
     optuna_space,
@@ -42,7 +46,9 @@ class StudySearch(OptunaSearch):
     """OptunaSearch that writes the Ray Tune trial id on each Optuna trial (user attr
     `tune_trial_id`), so that Optuna trials join the MLflow runs (tag `hebbrobust.trial_id`).
     Tune asks one trial at a time in the driver, so the trial just asked is the newest RUNNING one
-    without the attr; it is found and marked through the Optuna storage's public API."""
+    without the attr; it is found and marked through the Optuna storage's public API.
+    A gated trial (`gated` = 1, no objectives) is told as a result without values: OptunaSearch then
+    tells Optuna PRUNED (a list of None objectives would be a COMPLETE that Optuna rejects)."""
 
     def __init__(self, *, storage: Any, study_name: str, **kwargs: Any) -> None:
         super().__init__(storage=storage, study_name=study_name, **kwargs)
@@ -59,6 +65,14 @@ class StudySearch(OptunaSearch):
             if fresh:
                 set_trial_attr(self.record_storage, self.record_name, max(fresh), TUNE_TRIAL_ATTR, trial_id)
         return params  # type: ignore[no-any-return]
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, None if is_gated(result) else result, error)
+
+
+def is_gated(result: dict[str, Any] | None) -> bool:
+    """Whether a trial's final result says it stopped at rule.min_converged (Optuna: PRUNED)."""
+    return bool(result) and result.get(GATED) == 1  # type: ignore[union-attr]
 
 
 @dataclass
@@ -154,7 +168,7 @@ def _start(spec: StudySpec, spec_path: Path | str | None, study_dir: Path, targe
     parent = tracking.start_parent_run(
         target, spec.name,
         params={
-            "num_trials": num_samples(spec), "max_concurrent": spec.max_concurrent, "seeds": spec.seeds,
+            "num_trials": num_samples(spec), "max_concurrent": spec.max_concurrent, "seeds": spec.n_seeds,
             "sampler": spec.sampler.name, "sampler.seed": spec.sampler.seed,
             "objectives": [f"{o.metric}:{o.mode}" for o in spec.objectives], "space": list(spec.space),
         },
@@ -171,14 +185,16 @@ def _start(spec: StudySpec, spec_path: Path | str | None, study_dir: Path, targe
         "parent_run_id": parent, "optuna_storage": f"sqlite:///{study_dir / sd.OPTUNA_FILE}",
         "tune_path": str(study_dir / sd.TUNE_DIR), "tune_sessions": [sd.TUNE_DIR], "num_trials": num_samples(spec),
     }  # fmt: skip
-    _create_optuna_study(spec, meta["optuna_storage"])
+    _create_optuna_study(spec, meta["optuna_storage"], spec_path)
     sd.write_meta(study_dir, meta)
     return meta
 
 
-def _create_optuna_study(spec: StudySpec, storage: str) -> None:
-    """The study's Optuna record, its objectives named (optuna-dashboard labels them by name);
+def _create_optuna_study(spec: StudySpec, storage: str, spec_path: Path | str | None = None) -> None:
+    """The study's Optuna record, its objectives named (optuna-dashboard labels them by name), a
+    conditional grid's points enqueued (in grid order; shuffled when num_trials cuts the grid short);
     OptunaSearch loads it (load_if_exists)."""
+    import random
     import warnings
 
     import optuna
@@ -190,6 +206,12 @@ def _create_optuna_study(spec: StudySpec, storage: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([o.metric for o in spec.objectives])
+    if spec.sampler.name == "grid" and is_conditional(spec):
+        points = grid_points(spec, spec_path)
+        if num_samples(spec) < len(points):
+            random.Random(spec.sampler.seed).shuffle(points)
+        for point in points:
+            study.enqueue_trial(point, skip_if_exists=False)
 
 
 def study_description(spec: StudySpec, study_dir: Path) -> str:
@@ -199,7 +221,7 @@ def study_description(spec: StudySpec, study_dir: Path) -> str:
     return (
         f"**hebbrobust study `{spec.name}`**: {num_samples(spec)} trials, each a model trained with the "
         f"Krotov-Hopfield local rule or backprop, scored on {objectives}. Searched: {space}; "
-        f"sampler {spec.sampler.name}, {spec.seeds} seed(s) per trial.\n\n"
+        f"sampler {spec.sampler.name}, {spec.n_seeds} seed(s) per trial.\n\n"
         "How to read it: each child run below is one trial attempt, named by model kind and its "
         "distinguishing parameters; compare the objective columns, and sort or chart them against each "
         "other to see the accuracy-robustness trade-off. This run holds the Pareto front "
@@ -269,7 +291,7 @@ def _tuner(run: StudyRun, callbacks: list[Any]) -> Any:
         seed = (spec.sampler.seed + run.seed_offset) % 2**32
         sampling = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": seed})})
     searcher = StudySearch(
-        space=dict(optuna_space(spec, run.spec_path)),
+        space=SearchSpace(spec, run.spec_path),  # define-by-run: a trial sees only the keys that apply to it
         metric=[m for m, _ in run.objectives],
         mode=[mode for _, mode in run.objectives],
         sampler=make_sampler(sampling, run.spec_path),
@@ -308,7 +330,8 @@ def _fit(run: StudyRun) -> StudyOutcome:
     reads the trials back, logs the front to the parent run and closes it."""
     callback = ProgressCallback(
         str(run.study_dir), run.spec.name, int(run.meta["num_trials"]), run.objectives,
-        done_before=run.before.finished, failed_before=run.before.failed, best_before=run.before.best,
+        done_before=run.before.finished + run.before.gated, failed_before=run.before.failed,
+        best_before=run.before.best, gated_before=run.before.gated,
     )  # fmt: skip
     if run.on_progress is not None:
         SINKS[str(run.study_dir)] = run.on_progress
@@ -342,6 +365,7 @@ def _conclude(study_dir: Path, started: float, *, interrupted: bool) -> StudyOut
     summary = {
         "trials_finished": record.counts["finished"],
         "trials_failed": record.counts["failed"],
+        "trials_gated": record.counts["gated"],
         "front_size": len(record.front),
     }
     files = {k: v for k, v in result.files.items() if k != "spec.yaml"}

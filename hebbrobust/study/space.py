@@ -1,7 +1,14 @@
 """A study spec's search space and sampler as Optuna objects.
 
 Parameter names are the spec's dotted trial keys (`rule.p`); Optuna stores them as they are, and
-the Ray trial gets them back as a flat dict that `config.with_params()` applies to the base trial.
+the Ray trial gets them back as a flat dict that `config.study_trial()` applies to the base trial.
+
+Conditional spaces: the space is sampled define-by-run (`SearchSpace`, OptunaSearch's callable
+space), key by key in the spec's order, and an entry with `when: {model.kind: local}` is suggested
+only where the trial so far (base, by_kind, keys sampled before it) has one of those values. So a
+backprop trial carries no `rule.*` parameter in Optuna, and importance and the front are per kind.
+The grid sampler on a conditional space enumerates the valid combinations (`grid_points`) and
+enqueues them (Optuna's GridSampler would treat a skipped key as a grid axis and repeat points).
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from hebbrobust.config import (
     CategoricalDist,
     FloatDist,
     IntDist,
+    NestedSeeds,
     StudySpec,
     TrialConfig,
     check_data_path,
-    with_params,
+    get_dotted,
+    study_trial,
 )
 from hebbrobust.errors import SpecError
 
@@ -58,6 +67,60 @@ def optuna_space(spec: StudySpec, path: Path | str | None = None) -> dict[str, B
     return out
 
 
+def is_conditional(spec: StudySpec) -> bool:
+    return any(dist.when for dist in spec.space.values())
+
+
+def applies(spec: StudySpec, key: str, sampled: dict[str, Any]) -> bool:
+    """Whether space entry `key` is sampled in a trial whose earlier keys drew `sampled`."""
+    when = spec.space[key].when
+    if not when:
+        return True
+    trial = study_trial(spec, sampled).model_dump(mode="json")
+    return all(sampled[k] in v if k in sampled else get_dotted(trial, k) in v for k, v in when.items())
+
+
+class SearchSpace:
+    """OptunaSearch's define-by-run space: suggests, in the spec's order, every key that applies.
+    A plain object holding the spec (Tune pickles its searcher)."""
+
+    def __init__(self, spec: StudySpec, path: Path | str | None = None) -> None:
+        self.spec = spec
+        self.dists = optuna_space(spec, path)
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        sampled: dict[str, Any] = {}
+        for key, dist in self.dists.items():
+            if not applies(self.spec, key, sampled):
+                continue
+            if isinstance(dist, FloatDistribution):
+                sampled[key] = trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+            elif isinstance(dist, IntDistribution):
+                sampled[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                assert isinstance(dist, CategoricalDistribution)
+                sampled[key] = trial.suggest_categorical(key, dist.choices)  # type: ignore[arg-type]
+        return None  # OptunaSearch takes the suggested values as the trial's parameters
+
+
+def grid_points(spec: StudySpec, path: Path | str | None = None) -> list[dict[str, Any]]:
+    """Every valid combination of a (conditional) grid, in the spec's order (the last key varies
+    fastest: list the filter settings before the head settings and trials sharing filters run together)."""
+    values = grid_values(spec, path)
+    points: list[dict[str, Any]] = [{}]
+    for key in spec.space:
+        grown: list[dict[str, Any]] = []
+        for point in points:
+            if applies(spec, key, point):
+                grown += [{**point, key: v} for v in values[key]]
+            else:
+                grown.append(point)
+        points = grown
+        if len(points) > GRID_LIMIT:
+            raise SpecError(path, "space", f"the grid has more than {GRID_LIMIT} points")
+    return points
+
+
 def grid_values(spec: StudySpec, path: Path | str | None = None) -> dict[str, list[Any]]:
     """The grid sampler's values per key: categorical choices, and int ranges expanded by `step`.
     A float range has no grid: make it categorical (a list) to search it on a grid."""
@@ -77,6 +140,8 @@ def grid_values(spec: StudySpec, path: Path | str | None = None) -> dict[str, li
 
 
 def grid_size(spec: StudySpec) -> int:
+    if is_conditional(spec):
+        return len(grid_points(spec))
     return math.prod(len(v) for v in grid_values(spec).values())
 
 
@@ -100,6 +165,8 @@ def make_sampler(spec: StudySpec, path: Path | str | None = None) -> optuna.samp
         "random": optuna.samplers.RandomSampler,
     }
     try:
+        if cfg.name == "grid" and is_conditional(spec):  # every point is enqueued (`grid_points`)
+            return optuna.samplers.RandomSampler(seed=cfg.seed)
         if cfg.name == "grid":
             values = grid_values(spec, path)
             size = math.prod(len(v) for v in values.values())
@@ -146,29 +213,40 @@ def absolute_paths(spec: StudySpec, cwd: Path | None = None) -> StudySpec:
 # --------------------------------------------------------------------------- checks before a study starts
 
 
-def trial_metric_names(config: TrialConfig, *, filter_cache: bool = True, seeds: int = 1) -> set[str]:
+def trial_metric_names(
+    config: TrialConfig, *, filter_cache: bool = True, seeds: int | NestedSeeds = 1
+) -> set[str]:
     """The numeric metrics a trial of `config` reports (evaluate.py names them; the trainable
-    averages seeds and adds `<name>_std` when seeds > 1). tests/test_reliability.py checks this
-    against a real trial, so a metric added there without being added here is caught."""
+    averages seeds and adds `<name>_std` when seeds > 1, and `<name>_std_filters` / `_std_heads` for
+    nested seeds). tests/test_reliability.py checks this against a real trial, so a metric added
+    there without being added here is caught."""
     from hebbrobust import evaluate as ev
+    from hebbrobust import trial as tr
 
     names = {ev.CLEAN_ACC, ev.UNCONVERGED_FRAC, ev.UNCONVERGED_FRAC_NORM_ONLY, ev.TRAIN_SECONDS, "n_train", "n_test"}
     if config.model.kind == "local":
         names |= {"filter_seconds"} | ({"filters_cache_hit", "filter_seconds_saved"} if filter_cache else set())
+        if config.rule.min_converged is not None:
+            names |= {tr.GATED, tr.CONVERGED_FRAC}
     if config.attack.enabled:
         for attack in ev.ATTACKS:
             for eps in config.attack.eps:
                 names |= {ev.grid_metric(attack, eps), ev.grid_metric(attack, eps, relative=True)}
-            if config.attack.radius_images > 0:
+            if config.attack.radius_images != 0:
                 names |= {f"{attack}_{key}" for key in ("eps50", "auc", "R", "r2", "unbroken_frac")}
+        if config.attack.radius_images == "confident":
+            names.add(ev.CONFIDENT_IMAGES)
         names |= {ev.GRID_CLEAN_ACC, ev.GRID_IMAGES, ev.RADIUS_IMAGES, ev.ATTACK_SECONDS}
         names |= {
             ev.MASK_PGD_LE_FGSM, ev.MASK_PGD_MINUS_FGSM_MAX, ev.MASK_LARGE_EPS_OK, ev.MASK_LARGE_EPS_ACC,
             ev.MASK_ZERO_GRAD_OK, ev.MASK_ZERO_GRAD_FRAC, ev.MASK_ALL_OK,
         }  # fmt: skip
-    if seeds > 1:
-        names |= {f"{name}_std" for name in names}
-    return names
+    filter_seeds, head_seeds = (seeds, 1) if isinstance(seeds, int) else (seeds.filters, seeds.heads)
+    spread = {f"{name}_std" for name in names} if filter_seeds * head_seeds > 1 else set()
+    if isinstance(seeds, NestedSeeds):
+        spread |= {f"{name}_std_filters" for name in names} if filter_seeds > 1 else set()
+        spread |= {f"{name}_std_heads" for name in names} if head_seeds > 1 else set()
+    return names | spread
 
 
 _NAME_KEYS = ("model.kind", "attack.enabled")  # searched settings that change which metrics a trial reports
@@ -184,9 +262,7 @@ def check_objectives(spec: StudySpec, path: Path | str | None = None) -> None:
     ]
     known: set[str] | None = None
     for combo in itertools.product(*choices):
-        names = trial_metric_names(
-            with_params(spec.base, dict(combo)), filter_cache=spec.filter_cache, seeds=spec.seeds
-        )
+        names = trial_metric_names(study_trial(spec, dict(combo)), filter_cache=spec.filter_cache, seeds=spec.seeds)
         known = names if known is None else known & names
     assert known is not None
     seen: set[str] = set()
@@ -202,7 +278,7 @@ def check_objectives(spec: StudySpec, path: Path | str | None = None) -> None:
         context = (
             "attack.enabled is false"
             if not attack.enabled
-            else f"attack.eps is {[float(e) for e in attack.eps]}, attack.radius_images {attack.radius_images}"
+            else f"attack.eps is {[float(e) for e in attack.eps]}, attack.radius_images {attack.radius_images!r}"
         )
         raise SpecError(
             path,

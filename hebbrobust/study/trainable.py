@@ -1,6 +1,18 @@
 """What runs inside one Ray Tune trial: the base trial with the sampled parameters, `seeds` times,
 averaged, logged to its MLflow child run, reported to Tune once at the end.
 
+Nested seeds (`seeds: {filters: A, heads: B}`): A filter seeds (TrialConfig.seed = seed + i) x B head
+seeds (head_seed = head_seed or seed, + j); the B head seeds of a filter seed share its filters
+through the filter cache. Each metric m gets its mean over all A x B runs, `m_std` (sd over all),
+`m_std_filters` = sample sd over filter seeds of the per-filter-seed means (A > 1; the spread the
+filters cause, plus a 1/B share of the head noise) and `m_std_heads` = mean over filter seeds of the
+sample sd within a filter seed (B > 1; the spread the head's init, order and attacks cause).
+
+Gated trials (`rule.min_converged`): as soon as one filter seed's filters end below the gate, the
+trial stops, closes its MLflow run FINISHED with tag `hebbrobust.gated` (the reason) and reports
+`gated` = 1 without objectives; the study's searcher tells Optuna PRUNED (neither a failure nor a
+point for the front).
+
 A trial that fails (TrialError from the science code, or any other exception) is closed FAILED in
 MLflow with the reason as a tag and the traceback as an artifact, then re-raised so that Tune
 marks it errored and OptunaSearch tells Optuna FAIL; the study goes on.
@@ -8,6 +20,7 @@ marks it errored and OptunaSearch tells Optuna FAIL; the study goes on.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -19,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hebbrobust.config import StudySpec, TrialConfig, with_params
+from hebbrobust.config import StudySpec, TrialConfig, study_trial
 from hebbrobust.errors import TrialError
-from hebbrobust.tracking import HOST_TAG, NODE_TAG, TrackingTarget, TrialRun
+from hebbrobust.metrics import GATED, GATED_REASON
+from hebbrobust.tracking import GATED_TAG, HOST_TAG, NODE_TAG, TrackingTarget, TrialRun
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,27 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def nested_spread(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, float]:
+    """Per filter seed, its head seeds' final metrics -> `<m>_std_filters` (sample sd of the
+    per-filter-seed means; with more than one filter seed) and `<m>_std_heads` (mean over filter
+    seeds of the sample sd within each; with more than one head seed), for every number m.
+    Filter seeds where m has fewer than two numbers (or none) are left out of the part that needs them."""
+    keys: list[str] = []
+    for group in runs:
+        for run in group:
+            keys += [k for k in run if k not in keys]
+    out: dict[str, float] = {}
+    for key in keys:
+        groups = [[n for n in (_number(r.get(key)) for r in group) if n is not None] for group in runs]
+        means = [statistics.fmean(g) for g in groups if g]
+        within = [statistics.stdev(g) for g in groups if len(g) > 1]
+        if len(runs) > 1 and means:
+            out[f"{key}_std_filters"] = statistics.stdev(means) if len(means) > 1 else 0.0
+        if max(len(group) for group in runs) > 1 and within:
+            out[f"{key}_std_heads"] = statistics.fmean(within)
+    return out
+
+
 def objective_problem(metrics: Mapping[str, Any], objectives: Sequence[tuple[str, str]]) -> str | None:
     """Why the objectives cannot be told to Optuna (missing or not finite), or None."""
     for name, _ in objectives:
@@ -92,11 +127,22 @@ def objective_problem(metrics: Mapping[str, Any], objectives: Sequence[tuple[str
     return None
 
 
-def trial_config(spec: StudySpec, params: Mapping[str, Any], seed_index: int = 0) -> TrialConfig:
-    base = with_params(spec.base, dict(params))
-    if seed_index:
-        base = base.model_copy(update={"seed": base.seed + seed_index})
-    return base
+def trial_config(spec: StudySpec, params: Mapping[str, Any], seed_index: int = 0, head_index: int = 0) -> TrialConfig:
+    """The trial of filter seed `seed_index` and head seed `head_index`. An int `seeds` moves the one
+    seed; nested seeds cross them: filter seed i is seed + i, head seed j is (head_seed or seed) + j
+    whatever i is, so every filter seed gets the same B head seeds."""
+    base = study_trial(spec, dict(params))
+    if isinstance(spec.seeds, int):
+        return base.model_copy(update={"seed": base.seed + seed_index}) if seed_index else base
+    return base.model_copy(update={"seed": base.seed + seed_index, "head_seed": base.training_seed + head_index})
+
+
+def _seed_runs(spec: StudySpec) -> list[tuple[int, int, str]]:
+    """(filter seed index, head seed index, directory / MLflow prefix) for every run of a configuration."""
+    filters, heads = spec.seed_grid
+    if isinstance(spec.seeds, int):
+        return [(i, 0, f"seed{i}" if spec.seeds > 1 else "") for i in range(spec.seeds)]
+    return [(i, j, f"f{i}h{j}") for i in range(filters) for j in range(heads)]
 
 
 def _trial_name(params: Mapping[str, Any], trial_id: str) -> str:
@@ -131,7 +177,7 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         params=flatten(first.model_dump(mode="json")),
         searched=params,
         tags={
-            "hebbrobust.seeds": str(spec.seeds),
+            "hebbrobust.seeds": str(spec.seeds) if isinstance(spec.seeds, int) else json.dumps(spec.seeds.model_dump()),
             "hebbrobust.trial_dir": str(Path(ctx.study_dir) / "trials" / trial_id),
             NODE_TAG: ray.get_runtime_context().get_node_id(),
             HOST_TAG: f"{socket.gethostname()}:{os.getpid()}",
@@ -140,17 +186,19 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     out_dir = Path(ctx.study_dir) / "trials" / trial_id
     try:
         per_seed: list[dict[str, Any]] = []
-        for i in range(spec.seeds):
-            prefix = f"seed{i}/" if spec.seeds > 1 else ""
+        groups: dict[int, list[dict[str, Any]]] = {}
+        gated: str | None = None
+        for i, j, name in _seed_runs(spec):
+            prefix = f"{name}/" if name else ""
 
             def on_epoch(stage: str, epoch: int, total: int, metrics: dict[str, float], prefix: str = prefix) -> None:
                 for name, value in metrics.items():
                     run.epoch(f"{prefix}{stage}/{name}", epoch, value)
 
-            seed_dir = out_dir / f"seed{i}" if spec.seeds > 1 else out_dir
+            seed_dir = out_dir / name if name else out_dir
             checkpoints = seed_dir / "checkpoints"  # a retried or resumed trial continues from its last epoch
             result = run_trial(
-                trial_config(spec, params, i),
+                trial_config(spec, params, i, j),
                 on_epoch=on_epoch,
                 filter_cache=Path(ctx.filter_cache) if ctx.filter_cache else None,
                 checkpoint_dir=checkpoints,
@@ -161,13 +209,21 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                         run.epoch(f"{prefix}{key}", step, value)
             files = save_trial(result, seed_dir)
             shutil.rmtree(checkpoints, ignore_errors=True)
-            run.artifacts(files, subdir=f"seed{i}" if spec.seeds > 1 else None)
-            if spec.seeds > 1:
+            run.artifacts(files, subdir=name or None)
+            if prefix:
                 run.final(result.metrics, prefix=prefix)
             per_seed.append(dict(result.metrics))
+            groups.setdefault(i, []).append(dict(result.metrics))
+            if result.metrics.get(GATED):
+                gated = str(result.metrics.get(GATED_REASON) or "gated")
+                break  # no head on filters below the gate, for this seed or any other
         metrics = aggregate(per_seed)
+        if gated is None and not isinstance(spec.seeds, int):
+            metrics.update(nested_spread(list(groups.values())))
+        if gated:
+            metrics[GATED] = 1
         run.final(metrics)
-        problem = objective_problem(metrics, objectives)
+        problem = objective_problem(metrics, objectives) if gated is None else None
         if problem:
             raise TrialError(problem)
     except BaseException as e:  # recorded, then re-raised: Tune errors the trial, Optuna gets FAIL
@@ -178,7 +234,15 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         except Exception:  # the store is unreachable: the trial's own error matters more
             pass
         raise
+    if gated is not None:
+        run.finish(tags={GATED_TAG: gated})
+        report: dict[str, Any] = {k: n for k, v in metrics.items() if (n := _number(v)) is not None}
+        # objectives as NaN: Tune insists on them, and the searcher tells Optuna PRUNED for `gated` = 1
+        report.update({m: math.nan for m, _ in objectives}, **{GATED: 1})
+        report.update(mlflow_run_id=run.run_id, trial_dir=str(out_dir))
+        tune.report(report)
+        return
     run.finish()
-    report: dict[str, Any] = {k: n for k, v in metrics.items() if (n := _number(v)) is not None}
+    report = {k: n for k, v in metrics.items() if (n := _number(v)) is not None}
     report.update(mlflow_run_id=run.run_id, trial_dir=str(out_dir))
     tune.report(report)
