@@ -252,7 +252,7 @@ def test_raising_and_killed_trials_are_recorded_retried_and_the_study_goes_on(tm
     states = sorted(t.state.name for t in optuna.load_study(study_name="faults", storage=outcome.optuna_storage).trials)
     assert states == ["COMPLETE", "FAIL", "FAIL"]
     assert (events[-1].done, events[-1].failed, events[-1].running) == (1, 2, 0)
-    assert outcome.counts == {"total": 3, "finished": 1, "failed": 2, "unfinished": 0, "runs": 6}
+    assert outcome.counts == {"total": 3, "finished": 1, "gated": 0, "failed": 2, "unfinished": 0, "runs": 6}
 
     # MLflow: one run per attempt, none left RUNNING, exactly one FINISHED (the retry of init_std 1.0)
     runs = children(study_runs(uri, "faults"))
