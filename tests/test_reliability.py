@@ -388,7 +388,7 @@ def test_reconcile_recovers_untold_trials_cuts_off_unfinished_ones_and_is_idempo
 
     first, again = reconcile(spec, meta, target), reconcile(spec, meta, target)  # again: nothing more to do
     assert first.counts() == {"finished": 2, "failed": 1, "closed_runs": 1, "recovered": 1, "cut_off": 1,
-                              "remaining": 3}  # fmt: skip
+                              "gated": 0, "remaining": 3}  # fmt: skip
     assert again.counts() == {**first.counts(), "closed_runs": 0, "recovered": 0, "cut_off": 0}
     assert first.best == {"clean_acc": 0.9, "pgd_acc@2": 0.5}
     by_name = {t.user_attrs.get(TUNE_TRIAL_ATTR): t for t in study.get_trials()}
