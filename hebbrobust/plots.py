@@ -276,6 +276,25 @@ def scatter_by_kind(
     return fig
 
 
+def histogram(
+    values: np.ndarray, *, xlabel: str, line: float | None = None, line_label: str = "", title: str = ""
+) -> Figure:
+    """A histogram of `values` (20 bins over [0, 1] when they lie there), a dashed line at `line`."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    inside = len(values) > 0 and values.min() >= 0 and values.max() <= 1
+    ax.hist(values, bins=list(np.linspace(0, 1, 21)) if inside else 20, color="tab:blue", alpha=0.8)
+    if line is not None:
+        ax.axvline(line, color="tab:red", linestyle="--", label=line_label or None)
+        if line_label:
+            ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("trials")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
 def image_panels(images: list[np.ndarray], titles: list[str], *, cols: int = 4, title: str = "") -> Figure:
     """Images (H, W[, C]) side by side, `cols` to a row, each under its title."""
     n = max(1, len(images))

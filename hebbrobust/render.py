@@ -50,7 +50,10 @@ def corr_note(corr: pd.DataFrame) -> str:
         if r["note"]:
             lines.append(f"{r['kind']:<9} n={r['n']:<3} {r['note']}")
         else:
-            lines.append(f"{r['kind']:<9} n={r['n']:<3} Pearson {r['pearson']:+.2f}  Spearman {r['spearman']:+.2f}")
+            line = f"{r['kind']:<9} n={r['n']:<3} Pearson {r['pearson']:+.2f}"
+            if "pearson_lo" in r and np.isfinite(r["pearson_lo"]):
+                line += f" [{r['pearson_lo']:+.2f}, {r['pearson_hi']:+.2f}]"
+            lines.append(line + f"  Spearman {r['spearman']:+.2f}")
     return "\n".join(lines)
 
 
@@ -122,13 +125,16 @@ def page(r: Report, fmt_name: str) -> str:
         not_rated=sorted({n for n in r.importance["note"] if n}), target=target,
         parent_url=mlflow_run_url(target.uri, target.experiment_id, study.parent_run_id),
         runs_url=experiment_url("http://127.0.0.1:5000", target.experiment_id, study.objectives[0][0]),
-        evaluator=r.importance["evaluator"].iloc[0] if len(r.importance) else "", **_selections(r),
+        evaluator=r.importance["evaluator"].iloc[0] if len(r.importance) else "", ci="95%", **_selections(r),
     )  # fmt: skip
 
 
-def _selections(r: Report) -> dict[str, pd.DataFrame]:
-    """The page's row selections: the first two objectives' correlation, the unconverged
-    fraction's, the front."""
-    corr, names = r.correlations, [m for m, _ in r.study.objectives]
-    pair = corr[(corr["x"] == names[0]) & (corr["y"] == names[1])] if len(names) > 1 else corr.iloc[0:0]
-    return {"pair_corr": pair, "uc_corr": corr[corr["x"] == UNCONVERGED], "front": r.trials[r.trials["pareto"]]}
+def _selections(r: Report) -> dict[str, Any]:
+    """The page's row selections: the population's correlations (all but the unconverged
+    fraction's), the unconverged fraction's, the front, the per-value table's parameters."""
+    corr = r.correlations
+    return {
+        "pop_corr": corr[corr["x"] != UNCONVERGED], "uc_corr": corr[corr["x"] == UNCONVERGED],
+        "front": r.trials[r.trials["pareto"]],
+        "value_tables": {p: r.values[r.values["param"] == p] for p in dict.fromkeys(r.values["param"])},
+    }  # fmt: skip

@@ -4,9 +4,11 @@ study's trials and front in `study.record` (read once). Building: `build_report`
 and figures (plots.py draws them) and hands the page to `render` (jinja2 templates).
 
 `build_report(study_dir)` writes to `<study_dir>/report/` (or `out_dir`):
-  trials.csv (the finished trials), correlations.csv, importance.csv; pareto.png, importance.png,
-  effects.png, unconverged.png; filters/ (the front's filter grids: one composite, plus a copy
-  each); report.html (self-contained: images as data URIs) or report.md (links the PNG files);
+  trials.csv (the finished trials), correlations.csv (with bootstrap 95% intervals), values.csv (per
+  searched value and model kind: count, mean and max clean accuracy, mean R), importance.csv;
+  pareto.png, importance.png, effects.png, unconverged.png, accuracy_vs_R.png, converged.png;
+  filters/ (the front's filter grids: one composite, plus a copy each); report.html (self-contained:
+  images as data URIs) or report.md (links the PNG files);
 and logs them to the study's parent MLflow run under report/.
 """
 
@@ -25,15 +27,30 @@ import pandas as pd
 from hebbrobust import render, tracking
 from hebbrobust.config import CategoricalDist
 from hebbrobust.errors import HebbrobustError
+from hebbrobust.metrics import CLEAN_ACC
 from hebbrobust.metrics import UNCONVERGED_FRAC as UNCONVERGED
 from hebbrobust.numeric import Objectives, with_front
-from hebbrobust.study.record import KIND, StudyRecord, read_study
+from hebbrobust.study.record import KIND, StudyRecord, is_gated, read_study
 
 MIN_IMPORTANCE_TRIALS = 3  # fANOVA on fewer finished trials rates nothing but noise
 EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
 MAX_FILTER_PANELS = 12  # front members drawn in the composite; every member gets its copy
 _LAST_COLUMNS = ("run_id", "run_name", "start_time", "end_time")
-_CORR_COLUMNS = ["x", "y", "kind", "n", "pearson", "spearman", "note"]
+_CORR_COLUMNS = ["x", "y", "kind", "n", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo",
+                 "spearman_hi", "note"]  # fmt: skip
+ROBUSTNESS = ("fgsm_R", "pgd_R")  # the thesis's R per attack: clean accuracy is correlated with each
+CI_LEVEL = 0.95
+CI_RESAMPLES = 2000  # paired bootstrap resamples of the trials (scipy.stats.bootstrap, percentile method)
+CI_SEED = 0
+SAMPLER_NOTES = {
+    "grid": "every grid point once: the population is the design itself, as in the thesis (whose populations "
+    "were grids)",
+    "random": "independent random draws from the space: a random sample of it",
+}
+OPTIMISER_NOTE = (
+    "an optimiser's population, not a random sample: it crowds where the objectives were good, so its "
+    "correlations describe this population, not the space"
+)
 
 
 # --------------------------------------------------------------------------- computing
@@ -83,8 +100,9 @@ def _groups(kinds: pd.Series) -> list[str]:
 def correlations(df: pd.DataFrame, x: str, y: str, *, by: str = KIND) -> pd.DataFrame:
     """Pearson and Spearman correlation of columns `x` and `y` within each value of `by` (local and
     backprop first) and over all rows ("all", only with more than one group): one row per group
-    with x, y, kind, n (rows with both values), pearson, spearman and a note when undefined
-    (fewer than 3 rows, or a column constant within the group)."""
+    with x, y, kind, n (rows with both values), pearson, spearman, their bootstrap 95% intervals
+    (`bootstrap_intervals`) and a note when undefined (fewer than 3 rows, or a column constant within
+    the group)."""
     kinds = df[by].fillna("?").astype(str) if by in df.columns else pd.Series("all", index=df.index)
     rows = []
     for group in _groups(kinds):
@@ -94,6 +112,7 @@ def correlations(df: pd.DataFrame, x: str, y: str, *, by: str = KIND) -> pd.Data
         ).dropna()
         n = len(pair)
         pearson = spearman = np.nan
+        ci = dict.fromkeys(("pearson_lo", "pearson_hi", "spearman_lo", "spearman_hi"), np.nan)
         note = ""
         if n < 3:
             note = f"{n} trial{'s' if n != 1 else ''}: needs 3"
@@ -102,16 +121,86 @@ def correlations(df: pd.DataFrame, x: str, y: str, *, by: str = KIND) -> pd.Data
         else:
             pearson = _pearson(pair["x"].to_numpy(float), pair["y"].to_numpy(float))
             spearman = _pearson(pair["x"].rank().to_numpy(float), pair["y"].rank().to_numpy(float))
-        rows.append({"x": x, "y": y, "kind": group, "n": n, "pearson": pearson, "spearman": spearman, "note": note})
+            ci = bootstrap_intervals(pair["x"].to_numpy(float), pair["y"].to_numpy(float))
+        rows.append({"x": x, "y": y, "kind": group, "n": n, "pearson": pearson, "spearman": spearman, **ci,
+                     "note": note})  # fmt: skip
     return pd.DataFrame(rows, columns=_CORR_COLUMNS)
 
 
+def _pearson_axis(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - x.mean(axis=axis, keepdims=True)
+    y = y - y.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample with a constant column: NaN
+        return np.asarray((x * y).sum(axis=axis) / np.sqrt((x * x).sum(axis=axis) * (y * y).sum(axis=axis)))
+
+
+def _spearman_axis(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return _pearson_axis(rankdata(x, axis=axis), rankdata(y, axis=axis), axis=axis)
+
+
+def bootstrap_intervals(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Paired bootstrap 95% intervals (percentile method, `CI_RESAMPLES` resamples, seed `CI_SEED`)
+    of Pearson and Spearman: pearson_lo/hi, spearman_lo/hi. Resamples whose columns came out constant
+    have no correlation and are left out (then an interval is NaN only if too few remain)."""
+    from scipy.stats import bootstrap
+
+    out: dict[str, float] = {}
+    for name, statistic in (("pearson", _pearson_axis), ("spearman", _spearman_axis)):
+        res = bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=CI_RESAMPLES,
+                        confidence_level=CI_LEVEL, method="percentile", random_state=CI_SEED)  # fmt: skip
+        dist = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
+        enough = len(dist) >= CI_RESAMPLES // 2
+        tail = (1 - CI_LEVEL) / 2 * 100
+        lo, hi = np.percentile(dist, [tail, 100 - tail]) if enough else (np.nan, np.nan)
+        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)
+    return out
+
+
+def correlation_pairs(names: Sequence[str], columns: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs the report correlates: clean accuracy against each R the trials report (the thesis's
+    trade-off, whatever the objectives), every objective pair, and the unconverged fraction against
+    each objective (when reported)."""
+    pairs = [(CLEAN_ACC, r) for r in ROBUSTNESS if CLEAN_ACC in columns and r in columns]
+    pairs += [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    if UNCONVERGED in columns:
+        pairs += [(UNCONVERGED, m) for m in names]
+    return list(dict.fromkeys(p for p in pairs if p[0] != p[1]))
+
+
 def correlation_table(table: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    """The objectives pairwise, and the unconverged fraction against each (when reported)."""
-    pairs = [correlations(table, names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
-    if UNCONVERGED in table.columns:
-        pairs += [correlations(table, UNCONVERGED, m) for m in names]
+    """`correlations` of every pair in `correlation_pairs`, per model kind, with intervals."""
+    pairs = [correlations(table, x, y) for x, y in correlation_pairs(names, list(table.columns))]
     return pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=_CORR_COLUMNS)
+
+
+def sampler_note(sampler: str) -> str:
+    """How the study's sampler drew its population (whether it is a random sample of the space)."""
+    return f"The population was drawn by the {sampler} sampler: {SAMPLER_NOTES.get(sampler, OPTIMISER_NOTE)}."
+
+
+def value_table(table: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
+    """Per searched parameter, model kind and value (the thesis's Tables 8.1, A.1-A.4): n, mean and
+    max clean accuracy, mean of each R reported. A parameter that does not apply to a kind (no value
+    in its trials: conditional spaces) has no rows for it."""
+    metrics = [m for m in (CLEAN_ACC, *ROBUSTNESS) if m in table.columns]
+    kinds = table[KIND].fillna("?").astype(str) if KIND in table.columns else pd.Series("all", index=table.index)
+    frames = []
+    for param in (p for p in params if p in table.columns):
+        part = pd.DataFrame({"kind": kinds, "value": table[param]}).join(
+            table[metrics].apply(pd.to_numeric, errors="coerce")
+        )
+        stats = {"n": ("value", "size"), **{f"{m}_mean": (m, "mean") for m in metrics}}
+        if CLEAN_ACC in metrics:
+            stats[f"{CLEAN_ACC}_max"] = (CLEAN_ACC, "max")
+        grouped = part.dropna(subset=["value"]).groupby(["kind", "value"], sort=True).agg(**stats).reset_index()
+        frames.append(grouped.assign(param=param))
+    cols = ["param", "kind", "value", "n", *[c for m in metrics for c in (f"{m}_mean", f"{m}_max")]]
+    if not frames:
+        return pd.DataFrame(columns=["param", "kind", "value", "n"])
+    out = pd.concat(frames, ignore_index=True)
+    return out[[c for c in cols if c in out.columns]]
 
 
 def _objective_value(index: int, trial: Any) -> float:
@@ -191,7 +280,10 @@ class Report:
     counts: dict[str, int]
     correlations: pd.DataFrame  # correlations.csv: objectives pairwise and unconverged fraction vs each
     importance: pd.DataFrame  # importance.csv
+    values: pd.DataFrame  # values.csv: per searched value and kind (`value_table`)
+    population: pd.DataFrame  # every FINISHED trial, gated ones included (the converged-fraction histogram)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
+    sampler: str = ""  # how the population was drawn (`sampler_note`)
     artifact_uri: str | None = None  # where the files went on the parent MLflow run
 
 
@@ -230,8 +322,10 @@ def build_report(
 def _compute(study: StudyRecord, out: Path) -> Report:
     """The report's tables, written as CSVs."""
     names = [m for m, _ in study.objectives]
-    table = trials_table(study.trials, study.objectives, list(study.spec.space))
+    everyone = trials_table(study.trials, study.objectives, list(study.spec.space))
+    table = everyone[~is_gated(everyone)].reset_index(drop=True)  # gated: no head, no objectives
     corr = correlation_table(table, names)
+    values = value_table(table, list(study.spec.space))
     notes: list[str] = []
     try:
         optuna_study = study.optuna_study()
@@ -240,10 +334,12 @@ def _compute(study: StudyRecord, out: Path) -> Report:
         notes.append(f"importance: {e}")
     importance = importance_table(optuna_study, study.objectives, list(study.spec.space))
     files = {"trials.csv": out / "trials.csv", "correlations.csv": out / "correlations.csv",
-             "importance.csv": out / "importance.csv"}  # fmt: skip
-    for frame, name in ((table, "trials.csv"), (corr, "correlations.csv"), (importance, "importance.csv")):
+             "importance.csv": out / "importance.csv", "values.csv": out / "values.csv"}  # fmt: skip
+    frames = {"trials.csv": table, "correlations.csv": corr, "importance.csv": importance, "values.csv": values}
+    for name, frame in frames.items():
         frame.to_csv(files[name], index=False)
-    return Report(study, out, files, table, study.counts, corr, importance, notes)
+    return Report(study, out, files, table, study.counts, corr, importance, values, everyone, notes,
+                  sampler=sampler_note(study.spec.sampler.name))  # fmt: skip
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -255,7 +351,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _figures(r: Report) -> dict[str, Path]:
-    """pareto.png, importance.png, effects.png and (when reported) unconverged.png."""
+    """pareto.png, importance.png, effects.png and (when reported) unconverged.png and the population
+    figures."""
     from hebbrobust import plots
 
     study, table, objectives = r.study, r.trials, r.study.objectives
@@ -285,7 +382,36 @@ def _figures(r: Report) -> dict[str, Path]:
         )  # fmt: skip
     else:
         r.notes.append(f"unconverged.png: the trials report no {UNCONVERGED}")
+    figures.update(_population_figures(r))
     return {name: _save(fig, r.out_dir / name) for name, fig in figures.items()}
+
+
+def _population_figures(r: Report) -> dict[str, Any]:
+    """accuracy_vs_R.png (clean accuracy against each R, kinds apart: thesis Figs 9.3/9.9) and
+    converged.png (the local trials' converged filter fraction f, gated ones included: Fig 8.6)."""
+    from hebbrobust import plots
+
+    figures: dict[str, Any] = {}
+    rs = [m for m in ROBUSTNESS if m in r.trials.columns]
+    if CLEAN_ACC in r.trials.columns and rs:
+        corr = r.correlations[r.correlations["x"] == CLEAN_ACC]
+        notes = {m: render.corr_note(corr[corr["y"] == m]) for m in rs}
+        figures["accuracy_vs_R.png"] = plots.scatter_by_kind(
+            r.trials, CLEAN_ACC, rs, notes=notes, kind=KIND,
+            title=f"{r.study.name}: clean accuracy against the mean minimal radius R, per model kind",
+        )  # fmt: skip
+    else:
+        r.notes.append("accuracy_vs_R.png: the trials report no clean_acc with fgsm_R or pgd_R")
+    if UNCONVERGED in r.population.columns:
+        f = 1 - pd.to_numeric(r.population[UNCONVERGED], errors="coerce")
+        gate = r.study.spec.base.rule.min_converged
+        figures["converged.png"] = plots.histogram(
+            f.dropna().to_numpy(float), xlabel="converged filter fraction f", line=gate,
+            line_label=f"rule.min_converged {gate:g}" if gate is not None else "",
+            title=f"{r.study.name}: converged fraction of the local trials' filters ({int(f.notna().sum())} trials, "
+            "gated ones included)",
+        )  # fmt: skip
+    return figures
 
 
 def _front_filters(r: Report) -> dict[str, Path]:

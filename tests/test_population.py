@@ -11,11 +11,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 import yaml
 
+from hebbrobust import report
 from hebbrobust.config import AttackConfig, StudySpec, TrialConfig, load_study, load_trial, study_trial
 from hebbrobust.errors import SpecError
 from hebbrobust.evaluate import evaluate_robustness, predict
@@ -273,6 +276,7 @@ def local_ray():
 @pytest.mark.timeout(900)
 def test_conditional_study_with_gated_trials_end_to_end(local_ray, tmp_path: Path) -> None:
     from hebbrobust import tracking
+    from hebbrobust.report import build_report
     from hebbrobust.study import resume_study, run_study
 
     spec = StudySpec.model_validate(
@@ -320,3 +324,89 @@ def test_conditional_study_with_gated_trials_end_to_end(local_ray, tmp_path: Pat
     again = resume_study(outcome.study_dir)
     assert again.counts == outcome.counts and again.resumed["gated"] == 2 and again.resumed["remaining"] == 0
     assert len(optuna.load_study(study_name="pop", storage=outcome.optuna_storage).trials) == 3
+    rep = build_report(outcome.study_dir, fmt="md", log=False)  # the report counts gated trials apart
+    assert rep.counts["gated"] == 2 and len(rep.trials) == 1 and len(rep.population) == 3
+    assert "| 3 | 1 | 2 | 0 | 0 |" in (rep.out_dir / "report.md").read_text()
+    assert "converged.png" in rep.files and "values.csv" in rep.files
+
+
+# --------------------------------------------------------------------------- population statistics
+
+
+def population_frame() -> pd.DataFrame:
+    """A hand-made population: local trials trade accuracy for R, backprop ones do not; backprop
+    rows have no rule.p (a conditional space)."""
+    rng = np.random.default_rng(3)
+    acc_l = rng.uniform(0.3, 0.6, 30)
+    acc_b = rng.uniform(0.4, 0.7, 12)
+    return pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(42)],
+            "status": "FINISHED",
+            "model.kind": ["local"] * 30 + ["backprop"] * 12,
+            "clean_acc": np.r_[acc_l, acc_b],
+            "fgsm_R": np.r_[0.05 - 0.06 * acc_l + rng.normal(0, 0.001, 30), 0.01 + rng.normal(0, 0.003, 12)],
+            "pgd_R": np.r_[0.04 - 0.05 * acc_l + rng.normal(0, 0.004, 30), 0.01 + rng.normal(0, 0.003, 12)],
+            "rule.p": [2, 4, 6] * 10 + [np.nan] * 12,
+            "model.pool": [5, 9] * 21,
+        }
+    )
+
+
+def test_report_correlations_equal_a_pandas_recomputation_from_trials_csv(tmp_path: Path) -> None:
+    objectives = [("clean_acc", "max"), ("fgsm_R", "max")]
+    table = report.trials_table(population_frame(), objectives, ["rule.p", "model.pool"])
+    table.to_csv(tmp_path / "trials.csv", index=False)
+    corr = report.correlation_table(table, ["clean_acc", "fgsm_R"])
+    assert list(dict.fromkeys(zip(corr["x"], corr["y"], strict=True))) == [
+        ("clean_acc", "fgsm_R"), ("clean_acc", "pgd_R")
+    ]  # fmt: skip  (the objective pair is the first R pair: not repeated)
+    csv = pd.read_csv(tmp_path / "trials.csv")
+    for _, row in corr.iterrows():
+        part = csv if row["kind"] == "all" else csv[csv["model.kind"] == row["kind"]]
+        assert row["n"] == len(part)
+        for method in ("pearson", "spearman"):
+            assert row[method] == pytest.approx(part[row["x"]].corr(part[row["y"]], method=method), abs=1e-12)
+            assert row[f"{method}_lo"] <= row[method] <= row[f"{method}_hi"]
+    local = corr[(corr["kind"] == "local") & (corr["y"] == "fgsm_R")].iloc[0]
+    backprop = corr[(corr["kind"] == "backprop") & (corr["y"] == "fgsm_R")].iloc[0]
+    assert local["pearson_hi"] < -0.9  # a clear trade-off: the whole interval far below 0
+    assert backprop["pearson_lo"] < 0 < backprop["pearson_hi"]  # no relation: the interval spans 0
+    again = report.correlation_table(table, ["clean_acc", "fgsm_R"])
+    pd.testing.assert_frame_equal(corr, again)  # seeded bootstrap: the same intervals every time
+
+
+def test_value_table_per_kind_shows_nothing_for_parameters_that_do_not_apply() -> None:
+    df = population_frame()
+    values = report.value_table(df, ["rule.p", "model.pool"])
+    p = values[values["param"] == "rule.p"]
+    assert set(p["kind"]) == {"local"} and sorted(p["value"]) == [2, 4, 6]  # backprop has no rule.p
+    row = p[p["value"] == 4].iloc[0]
+    local = df[(df["model.kind"] == "local") & (df["rule.p"] == 4)]
+    assert row["n"] == len(local) == 10
+    assert row["clean_acc_mean"] == pytest.approx(local["clean_acc"].mean())
+    assert row["clean_acc_max"] == pytest.approx(local["clean_acc"].max())
+    assert row["fgsm_R_mean"] == pytest.approx(local["fgsm_R"].mean())
+    assert row["pgd_R_mean"] == pytest.approx(local["pgd_R"].mean())
+    pool = values[values["param"] == "model.pool"]
+    assert set(pool["kind"]) == {"local", "backprop"} and pool["n"].sum() == len(df)
+
+
+def test_sampler_note_says_an_optimiser_population_is_not_a_random_sample() -> None:
+    assert "not a random sample" in report.sampler_note("tpe")
+    assert "not a random sample" in report.sampler_note("nsga2")
+    assert "random sample of it" in report.sampler_note("random")
+    assert "grid" in report.sampler_note("grid") and "not a random" not in report.sampler_note("grid")
+
+
+def test_study_counts_count_gated_runs_apart_from_finished_and_failed() -> None:
+    from hebbrobust.study.record import study_counts
+
+    runs = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d", "d"],
+            "status": ["FINISHED", "FINISHED", "FAILED", "FAILED", "FINISHED"],
+            "gated_reason": [None, "gated: converged fraction 0.1 < rule.min_converged 0.8", None, None, None],
+        }
+    )
+    assert study_counts(runs, 6) == {"total": 6, "finished": 2, "gated": 1, "failed": 1, "unfinished": 2, "runs": 5}

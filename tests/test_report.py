@@ -266,11 +266,15 @@ def test_html_report_of_a_real_study(small_study) -> None:
     # one self-contained page: every image inline, decodable, and every figure shown
     page = (out / "report.html").read_text()
     sources = _img_sources(page)
-    assert len(sources) == 5  # pareto, front filters, importance, effects, unconverged
+    shown = ["pareto.png", "importance.png", "effects.png", "unconverged.png", "filters/front_filters.png",
+             "converged.png"] + (["accuracy_vs_R.png"] if (out / "accuracy_vs_R.png").exists() else [])  # fmt: skip
+    assert len(sources) == len(shown)  # + the population figures: converged fraction, accuracy vs R
+    values = pd.read_csv(out / "values.csv")  # per searched value and kind: the 4 finished trials
+    assert values[values["param"] == "rule.p"]["n"].sum() == 4
     for src in sources:
         assert src.startswith("data:image/png;base64,"), src[:40]
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
-    for name in ("pareto.png", "importance.png", "effects.png", "unconverged.png", "filters/front_filters.png"):
+    for name in shown:
         assert f"({name})" in page, name
     assert small_study.parent_run_id in page and all(run in page for run in csv["run_id"])
     assert "mlflow ui --backend-store-uri" in page and "optuna-dashboard sqlite:///" in page
