@@ -318,8 +318,13 @@ class StudySpec(_Frozen):
 # --------------------------------------------------------------------------- loading
 
 
+def _union_tag(part: Any) -> bool:
+    """A location part pydantic adds for a union's branch (space kinds, constrained-int, NestedSeeds)."""
+    return isinstance(part, str) and (part in ("float", "int", "categorical") or "-" in part or part[:1].isupper())
+
+
 def _format_loc(loc: tuple[Any, ...], prefix: str) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in ("float", "int", "categorical"))]
+    parts = [str(p) for p in loc if not _union_tag(p)]
     dotted = ".".join(parts)
     return f"{prefix}{dotted}" if dotted else prefix.rstrip(".") or "(root)"
 
@@ -520,7 +525,8 @@ def study_trial(spec: StudySpec, params: dict[str, Any]) -> TrialConfig:
     """The trial a study runs for sampled `params`: the base, then `by_kind` for the trial's model kind,
     then the sampled values (they win)."""
     kind = params.get("model.kind", spec.base.model.kind)
-    return with_params(spec.base, {**spec.by_kind.get(kind, {}), **params})
+    extra = spec.by_kind.get(kind, {}) if isinstance(kind, str) else {}  # not a kind name: validation says so
+    return with_params(spec.base, {**extra, **params})
 
 
 def _dist_values(dist: FloatDist | IntDist | CategoricalDist) -> list[Any]:

@@ -66,7 +66,8 @@ def member_title(row: pd.Series, objectives: Sequence[tuple[str, str]]) -> str:
 
 
 def rated_trials(r: Report) -> int:
-    return int(r.importance["trials"].iloc[0]) if len(r.importance) else 0
+    """COMPLETE trials rated, over the model kinds."""
+    return int(r.importance.drop_duplicates("kind")["trials"].sum()) if len(r.importance) else 0
 
 
 def _cells(df: pd.DataFrame, columns: Sequence[str], link: Callable[[str, str], str]) -> pd.DataFrame:

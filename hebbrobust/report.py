@@ -257,6 +257,32 @@ def importance_table(
     return out.assign(evaluator=EVALUATOR, trials=len(complete))
 
 
+def importance_by_kind(
+    study: Any, objectives: Objectives, params: Sequence[str], *, min_trials: int = MIN_IMPORTANCE_TRIALS
+) -> pd.DataFrame:
+    """`importance_table` per model kind (column `kind`) when the study searches `model.kind`: each
+    kind's COMPLETE trials rated over the parameters they carry (a conditional space gives backprop
+    trials no rule.* parameter, so none is rated for them; pooled, fANOVA would drop every trial that
+    lacks one). Without a searched kind, one table with kind "all"."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if study is None or KIND not in params:
+        return importance_table(study, objectives, params, min_trials=min_trials).assign(kind="all")
+    complete = list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    frames = []
+    kinds = [k for k in _groups(pd.Series([str(t.params.get(KIND)) for t in complete], dtype=object)) if k != "all"]
+    if not kinds:
+        return importance_table(study, objectives, params, min_trials=min_trials).assign(kind="all")
+    for kind in kinds:
+        mine = [t for t in complete if str(t.params.get(KIND)) == kind]
+        sub = optuna.create_study(directions=study.directions)
+        sub.add_trials(mine)
+        carried = [p for p in params if p != KIND and any(p in t.params for t in mine)]
+        frames.append(importance_table(sub, objectives, carried, min_trials=min_trials).assign(kind=kind))
+    return pd.concat(frames, ignore_index=True)
+
+
 def filter_image(study_dir: Path, trial_id: str) -> Path | None:
     """A trial's filters.png (the first seed's when the study ran several), or None."""
     trial_dir = study_dir / "trials" / trial_id
@@ -279,7 +305,7 @@ class Report:
     trials: pd.DataFrame  # trials.csv
     counts: dict[str, int]
     correlations: pd.DataFrame  # correlations.csv: objectives pairwise and unconverged fraction vs each
-    importance: pd.DataFrame  # importance.csv
+    importance: pd.DataFrame  # importance.csv: per model kind (`importance_by_kind`)
     values: pd.DataFrame  # values.csv: per searched value and kind (`value_table`)
     population: pd.DataFrame  # every FINISHED trial, gated ones included (the converged-fraction histogram)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
@@ -332,7 +358,7 @@ def _compute(study: StudyRecord, out: Path) -> Report:
     except HebbrobustError as e:
         optuna_study = None
         notes.append(f"importance: {e}")
-    importance = importance_table(optuna_study, study.objectives, list(study.spec.space))
+    importance = importance_by_kind(optuna_study, study.objectives, list(study.spec.space))
     files = {"trials.csv": out / "trials.csv", "correlations.csv": out / "correlations.csv",
              "importance.csv": out / "importance.csv", "values.csv": out / "values.csv"}  # fmt: skip
     frames = {"trials.csv": table, "correlations.csv": corr, "importance.csv": importance, "values.csv": values}
@@ -365,7 +391,7 @@ def _figures(r: Report) -> dict[str, Path]:
     figures = {
         "pareto.png": plots.pareto_scatter(table, y=y_name, x=x_name, x_mode=x_mode, front="pareto", kind=KIND,
                                            step=len(objectives) == 2, title=title),
-        "importance.png": plots.importance_bars(r.importance, names, title=rated),
+        "importance.png": plots.importance_bars(_kind_labelled(r.importance), names, title=rated),
         "effects.png": plots.effects_grid(
             table, [p for p in space if p in table.columns], names,
             categorical={k for k, d in space.items() if isinstance(d, CategoricalDist)},
@@ -412,6 +438,13 @@ def _population_figures(r: Report) -> dict[str, Any]:
             "gated ones included)",
         )  # fmt: skip
     return figures
+
+
+def _kind_labelled(importance: pd.DataFrame) -> pd.DataFrame:
+    """Params labelled `kind: param` when the table holds more than one kind."""
+    if importance["kind"].nunique() < 2:
+        return importance
+    return importance.assign(param=importance["kind"].astype(str) + ": " + importance["param"].astype(str))
 
 
 def _front_filters(r: Report) -> dict[str, Path]:

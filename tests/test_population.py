@@ -410,3 +410,22 @@ def test_study_counts_count_gated_runs_apart_from_finished_and_failed() -> None:
         }
     )
     assert study_counts(runs, 6) == {"total": 6, "finished": 2, "gated": 1, "failed": 1, "unfinished": 2, "runs": 5}
+
+
+def test_importance_per_kind_rates_only_the_parameters_a_kind_carries() -> None:
+    kind = optuna.distributions.CategoricalDistribution(["local", "backprop"])
+    p = optuna.distributions.IntDistribution(2, 6)
+    pool = optuna.distributions.CategoricalDistribution([5, 9])
+    study = optuna.create_study(directions=["maximize"])
+    for i in range(12):
+        local = {"model.kind": "local", "rule.p": 2 + i % 5, "model.pool": [5, 9][i % 2]}
+        study.add_trial(optuna.trial.create_trial(params=local, distributions={"model.kind": kind, "rule.p": p,
+                        "model.pool": pool}, values=[0.1 * local["rule.p"]]))  # fmt: skip
+        backprop = {"model.kind": "backprop", "model.pool": [5, 9][i % 2]}
+        study.add_trial(optuna.trial.create_trial(params=backprop, distributions={"model.kind": kind,
+                        "model.pool": pool}, values=[0.5 + 0.1 * (i % 2)]))  # fmt: skip
+    imp = report.importance_by_kind(study, [("clean_acc", "max")], ["model.kind", "rule.p", "model.pool"])
+    local, backprop = (imp[imp["kind"] == k].set_index("param") for k in ("local", "backprop"))
+    assert set(local.index) == {"rule.p", "model.pool"} and set(backprop.index) == {"model.pool"}
+    assert local.loc["rule.p", "importance"] > 0.9 and backprop.loc["model.pool", "importance"] > 0.9
+    assert set(imp["trials"]) == {12}
