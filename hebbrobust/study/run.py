@@ -67,10 +67,10 @@ class StudySearch(OptunaSearch):
         return params  # type: ignore[no-any-return]
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, None if is_gated(result) else result, error)
+        super().on_trial_complete(trial_id, None if gated_result(result) else result, error)
 
 
-def is_gated(result: dict[str, Any] | None) -> bool:
+def gated_result(result: dict[str, Any] | None) -> bool:
     """Whether a trial's final result says it stopped at rule.min_converged (Optuna: PRUNED)."""
     return bool(result) and result.get(GATED) == 1  # type: ignore[union-attr]
 
