@@ -525,7 +525,7 @@ def study_trial(spec: StudySpec, params: dict[str, Any]) -> TrialConfig:
     """The trial a study runs for sampled `params`: the base, then `by_kind` for the trial's model kind,
     then the sampled values (they win)."""
     kind = params.get("model.kind", spec.base.model.kind)
-    extra = spec.by_kind.get(kind, {}) if isinstance(kind, str) else {}  # not a kind name: validation says so
+    extra = spec.by_kind.get(kind, {}) if kind in ("local", "backprop") else {}  # else validation says so
     return with_params(spec.base, {**extra, **params})
 
 

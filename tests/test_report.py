@@ -74,7 +74,7 @@ def test_trials_table_with_min_objective_and_no_finished_trials() -> None:
 
 def test_study_counts_count_a_retried_trial_once() -> None:
     counts = record.study_counts(runs_frame(), total=8)
-    assert counts == {"total": 8, "finished": 4, "failed": 1, "unfinished": 3, "runs": 7}
+    assert counts == {"total": 8, "finished": 4, "gated": 0, "failed": 1, "unfinished": 3, "runs": 7}
     assert record.study_counts(pd.DataFrame(), total=2)["unfinished"] == 2
 
 
@@ -298,9 +298,9 @@ def test_markdown_report_elsewhere_reading_runs_from_a_given_store(small_study, 
     assert rep.out_dir == out and rep.artifact_uri is None and "report.html" not in rep.files
     page = (out / "report.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
-    assert sorted(linked) == sorted(
-        ["pareto.png", "importance.png", "effects.png", "unconverged.png", "filters/front_filters.png"]
-    )
+    shown = ["pareto.png", "importance.png", "effects.png", "unconverged.png", "filters/front_filters.png",
+             "converged.png"] + (["accuracy_vs_R.png"] if (out / "accuracy_vs_R.png").exists() else [])  # fmt: skip
+    assert sorted(linked) == sorted(shown)
     assert all((out / name).read_bytes().startswith(PNG) for name in linked)
     assert "| trial_id |" in page and small_study.parent_run_id in page
     with pytest.raises(HebbrobustError, match="no experiment 'rep'"):
