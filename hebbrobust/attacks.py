@@ -230,6 +230,7 @@ def pgd_min_radius(
     step: float = 1e-3,
     ball: float = 0.12,
     max_steps: int = 700,
+    adv_out: Tensor | None = None,
 ) -> Tensor:
     """Per-image L∞ distance ‖x′ − x‖∞ at the first misclassified iterate of signed-gradient steps
     (size `step`, projected on the L∞ ball of radius `ball`, clipped to [0, 1], no random start).
@@ -239,7 +240,8 @@ def pgd_min_radius(
     steps are a deterministic map of the iterate, so an image whose next iterate equals the one before
     its current (both correct) cycles between two correct points for good: it stops there with inf
     (in the quickstart most never-broken images cycle after 150-600 of the 700 steps).
-    Returns (B,) float64 on x's device."""
+    `adv_out` (like x), when given, gets each broken image's first misclassified iterate (its
+    minimal-radius twin); rows of unbroken images are left as they were. Returns (B,) float64 on x's device."""
     x = x.detach()
     n = x.shape[0]
     rho = torch.full((n,), torch.inf, dtype=torch.float64, device=x.device)
@@ -255,6 +257,8 @@ def pgd_min_radius(
             wrong = out.detach().argmax(1) != ys
             if wrong.any():
                 rho[idx[wrong]] = (xs.detach()[wrong] - x0[wrong]).flatten(1).abs().amax(1).double()
+                if adv_out is not None:
+                    adv_out[idx[wrong]] = xs.detach()[wrong]
             keep = ~wrong
             if t == max_steps or not keep.any():
                 break

@@ -148,16 +148,51 @@ def evaluate_cmd(
     ] = None,
     attack: Annotated[str | None, typer.Option("--attack", help="fgsm or pgd (default: both)")] = None,
     n_images: Annotated[int | None, typer.Option("--n-images", help="test images to attack")] = None,
+    audit: Annotated[
+        list[str] | None,
+        typer.Option("--audit", help="also run this audit attack (apgd-ce, apgd-dlr, square; repeatable): "
+                     "per-eps accuracies and worst_acc over all attacks"),
+    ] = None,
 ) -> None:
-    """Re-evaluate a saved trial's robustness; updates its metrics.json and robustness.png."""
+    """Re-evaluate a saved trial's robustness; updates its metrics.json, robustness.png and adversarial.png."""
     from hebbrobust.trial import reevaluate
 
     if attack not in (None, "fgsm", "pgd"):
         raise HebbrobustError(f"--attack: must be fgsm or pgd, got {attack!r}")
     with _progress() as progress:
-        metrics = reevaluate(trial_dir, eps=eps, attack=attack, n_images=n_images, on_step=EpochBar(progress))
+        metrics = reevaluate(
+            trial_dir, eps=eps, attack=attack, n_images=n_images, audit_attacks=audit, on_step=EpochBar(progress)
+        )
     out.print(_metrics_table(metrics, f"robustness of {trial_dir}"))
     _warn_masking(metrics)
+
+
+@app.command("transfer")
+@friendly
+def transfer_cmd(
+    trial_dirs: Annotated[
+        list[Path], typer.Argument(help="directories written by `trial run`, same data", exists=True, file_okay=False)
+    ],
+    eps: Annotated[float, typer.Option("--eps", help="L-inf eps in units of 1/255")] = 8.0,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where transfer.csv and transfer.png go")] = Path("."),
+    n_images: Annotated[int | None, typer.Option("--n-images", help="test images (default: the first trial's)")] = None,
+) -> None:
+    """PGD examples crafted on each trial's model, evaluated on every other: source x target robust accuracy."""
+    from hebbrobust.trial import transfer_dirs
+
+    with _progress() as progress:
+        matrix, fig = transfer_dirs(trial_dirs, eps=eps, n_images=n_images, on_step=EpochBar(progress))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix.to_csv(out_dir / "transfer.csv")
+    fig.savefig(out_dir / "transfer.png", dpi=100)
+    table = Table(title=f"robust accuracy, rows: source (PGD crafted on), columns: target, eps {eps:g}/255")
+    table.add_column("source")
+    for col in matrix.columns:
+        table.add_column(str(col))
+    for src, row in matrix.iterrows():
+        table.add_row(str(src), *(f"{v:.3f}" for v in row))
+    out.print(table)
+    out.print(f"wrote {out_dir / 'transfer.csv'}, {out_dir / 'transfer.png'}")
 
 
 # --------------------------------------------------------------------------- study

@@ -103,6 +103,11 @@ class OptimConfig(_Frozen):
     batch_size: int = Field(1000, ge=1, le=1_000_000, description="images per step")
 
 
+AuditName = Literal["apgd-ce", "apgd-dlr", "square"]
+"""The audit suite (hebbrobust.audit): APGD on the cross-entropy, APGD on the difference-of-logits ratio
+(untargeted), Square (L-inf, gradient-free)."""
+
+
 class AttackConfig(_Frozen):
     """Robustness measurement, sized so the quickstart stays quick."""
 
@@ -126,6 +131,25 @@ class AttackConfig(_Frozen):
     radius_pgd_max_steps: int = Field(700, ge=1, description="PGD first-flip: step budget")
     radius_pgd_ball: float = Field(0.12, gt=0, le=1, description="PGD first-flip: L-inf ball radius")
     batch_size: int = Field(500, ge=1, description="images per attack batch")
+    audit: tuple[AuditName, ...] = Field(
+        (),
+        description="extra attacks on the fixed-eps grid's images (apgd-ce, apgd-dlr, square; Croce & Hein 2020) "
+        "for a worst case over them and our PGD; empty: the thesis's FGSM/PGD only",
+    )
+    apgd_steps: int = Field(
+        100, ge=1, le=10_000, description="APGD iterations per restart (AutoAttack's standard: 100)"
+    )
+    apgd_restarts: int = Field(1, ge=1, le=100, description="APGD random restarts (AutoAttack's standard: 1)")
+    square_queries: int = Field(
+        1000, ge=1, le=100_000,
+        description="Square iterations, one model query each (AutoAttack: 5000; 1000 keeps a CPU audit in minutes)",
+    )
+    square_restarts: int = Field(1, ge=1, le=100, description="Square restarts")
+
+    @field_validator("audit")
+    @classmethod
+    def _unique_audit(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))  # a name given twice runs once
 
     @field_validator("eps")
     @classmethod

@@ -13,6 +13,12 @@ Metric names (used everywhere else; MLflow rejects '@', so tracking maps names a
   mask_pgd_minus_fgsm_max, mask_large_eps_ok + mask_large_eps_acc, mask_zero_grad_ok +
   mask_zero_grad_frac, mask_all_ok
 - attack_seconds
+- audit (hebbrobust.audit, when attack.audit names attacks), on the grid's images: <attack>_acc@<e> for
+  attack in AUDIT_ATTACKS (apgd-ce, apgd-dlr, square) and worst_acc@<e> (an image counts as robust only
+  if every attack run, our PGD included, failed on it), audit_images, audit_seconds; masking checks
+  mask_pgd_le_square + mask_pgd_minus_square_max (a gradient-free attack beating PGD by more than one
+  image at some ε), mask_pgd_worst_ok + mask_pgd_minus_worst_max (PGD overestimates the worst-case
+  accuracy by more than MASK_PGD_WORST_MAX_GAP); mask_all_ok then covers these too
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -30,9 +36,11 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from torch import Tensor
 
 from hebbrobust.attacks import Model, eval_mode, fgsm, fgsm_min_radius, input_gradient, pgd, pgd_min_radius
-from hebbrobust.config import AttackConfig
+from hebbrobust.config import AttackConfig, AuditName
 from hebbrobust.metrics import (  # noqa: F401 - re-exported: evaluate names what it reports
     ATTACK_SECONDS,
+    AUDIT_IMAGES,
+    AUDIT_SECONDS,
     CLEAN_ACC,
     CONFIDENT_IMAGES,
     GRID_CLEAN_ACC,
@@ -41,16 +49,25 @@ from hebbrobust.metrics import (  # noqa: F401 - re-exported: evaluate names wha
     MASK_LARGE_EPS_ACC,
     MASK_LARGE_EPS_OK,
     MASK_PGD_LE_FGSM,
+    MASK_PGD_LE_SQUARE,
     MASK_PGD_MINUS_FGSM_MAX,
+    MASK_PGD_MINUS_SQUARE_MAX,
+    MASK_PGD_MINUS_WORST_MAX,
+    MASK_PGD_WORST_OK,
     MASK_ZERO_GRAD_FRAC,
     MASK_ZERO_GRAD_OK,
     RADIUS_IMAGES,
     TRAIN_SECONDS,
     UNCONVERGED_FRAC,
     UNCONVERGED_FRAC_NORM_ONLY,
+    WORST,
 )
 
 ATTACKS = ("fgsm", "pgd")
+AUDIT_ATTACKS: tuple[AuditName, ...] = get_args(AuditName)
+# Our PGD's accuracy more than 2 points above the per-image worst case over the audit: PGD is fooled
+# by the model's gradients (Croce & Hein 2020 treat gaps of this size as a sign of masking).
+MASK_PGD_WORST_MAX_GAP = 0.02
 
 # Masking check "accuracy goes to 0 as ε grows": PGD without random start (a pure gradient attack, so
 # zero or useless gradients cannot be rescued by noise) at L∞ 64/255 ≈ 0.25, far beyond any robustness
@@ -62,6 +79,8 @@ MASK_IMAGES = 200
 # Masking check "gradients exist": fraction of grid images whose input gradient of the cross-entropy
 # is exactly zero in every pixel (a saturated softmax, a step function, dead units).
 MASK_ZERO_GRAD_MAX_FRAC = 0.01
+# Adversarial-examples figure (thesis Fig. 9.1): this many radius-search images with their first-flip twin.
+EXAMPLE_IMAGES = 6
 
 # The thesis's generalised-logistic fit of A(ε) (docs/science.md §4): start values, acceptance, tail, padding.
 FIT_START = {"M": -0.26, "D": 0.24, "Q": 1.38, "B": 30.0, "nu": 7e-5}
@@ -138,16 +157,25 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def robust_accuracy_grid(
-    model: Model, x: Tensor, y: Tensor, cfg: AttackConfig, *, seed: int = 0, tick: Callable[[], None] = lambda: None
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    cfg: AttackConfig,
+    *,
+    seed: int = 0,
+    tick: Callable[[], None] = lambda: None,
+    per_image: dict[tuple[str, float], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """FGSM and PGD (random start, cfg.pgd_restarts, step cfg.pgd_alpha·ε, cfg.pgd_steps) accuracy at
     every L∞ ε of cfg.eps (units of 1/255) on the first cfg.n_images images; `seed` seeds the starts.
-    `tick` is called after each (batch, ε)."""
+    `tick` is called after each (batch, ε). `per_image`, when given, is filled with (attack, ε) -> (n,)
+    bool array: image still classified correctly after the attack (the audit's worst case uses it)."""
     x, y = x[: cfg.n_images], y[: cfg.n_images]
     gen = _generator(x.device, seed)
     n = x.shape[0]
     correct = {(a, e): 0 for a in ATTACKS for e in cfg.eps}
     correct_rel = dict(correct)
+    robust: dict[tuple[str, float], list[Tensor]] = {k: [] for k in correct}
     n_clean = 0
     for i in range(0, n, cfg.batch_size):
         xb, yb = x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]
@@ -164,7 +192,10 @@ def robust_accuracy_grid(
                 ok = predict(model, x_adv, batch_size=cfg.batch_size)[0] == yb
                 correct[a, e] += int(ok.sum())
                 correct_rel[a, e] += int((ok & clean_ok).sum())
+                robust[a, e].append(ok.cpu())
             tick()
+    if per_image is not None:
+        per_image.update({k: torch.cat(v).numpy() if v else np.zeros(0, bool) for k, v in robust.items()})
     out: dict[str, Any] = {GRID_IMAGES: n, GRID_CLEAN_ACC: n_clean / n if n else float("nan")}
     for (a, e), c in correct.items():
         out[grid_metric(a, e)] = c / n if n else float("nan")
@@ -335,15 +366,35 @@ def _confident_correct(
 
 def _batched_radii(
     model: Model, x: Tensor, y: Tensor, cfg: AttackConfig, tick: Callable[[], None]
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-image minimal radii of both attacks, and the PGD first-flip twins of up to EXAMPLE_IMAGES
+    images of the first batch that it broke (for the adversarial-examples figure)."""
     radii: dict[str, list[Tensor]] = {"fgsm": [], "pgd": []}
+    examples: dict[str, np.ndarray] = {}
     for i in range(0, x.shape[0], cfg.batch_size):
         xb, yb = x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]
         radii["fgsm"].append(fgsm_min_radius(model, xb, yb))
+        twins = xb.clone() if i == 0 else None
         radii["pgd"].append(pgd_min_radius(model, xb, yb, step=cfg.radius_pgd_step, ball=cfg.radius_pgd_ball,
-                                           max_steps=cfg.radius_pgd_max_steps))
+                                           max_steps=cfg.radius_pgd_max_steps, adv_out=twins))
+        if twins is not None:
+            examples = _examples(model, xb, yb, twins, radii["pgd"][0], cfg.batch_size)
         tick()
-    return {a: (torch.cat(r).cpu().numpy() if r else np.empty(0)) for a, r in radii.items()}
+    return {a: (torch.cat(r).cpu().numpy() if r else np.empty(0)) for a, r in radii.items()}, examples
+
+
+def _examples(model: Model, x: Tensor, y: Tensor, twins: Tensor, rho: Tensor, batch_size: int) -> dict[str, np.ndarray]:
+    """The first EXAMPLE_IMAGES images with a finite radius: clean x, its twin, labels, both predictions."""
+    pick = torch.isfinite(rho).nonzero().squeeze(1)[:EXAMPLE_IMAGES]
+    if pick.numel() == 0:
+        return {}
+    xs, advs = x[pick], twins[pick]
+    return {
+        "x": xs.cpu().numpy(), "x_adv": advs.cpu().numpy(), "y": y[pick].cpu().numpy(),
+        "pred": predict(model, xs, batch_size=batch_size)[0].cpu().numpy(),
+        "pred_adv": predict(model, advs, batch_size=batch_size)[0].cpu().numpy(),
+        "radius": rho[pick].cpu().numpy(),
+    }
 
 
 def evaluate_robustness(
@@ -360,7 +411,9 @@ def evaluate_robustness(
     radii_<attack> (inf = never broken), grid_eps (1/255 units), grid_<attack>_acc/_racc, curve_eps
     (absolute units, 0..radius_pgd_ball), curve_<attack> = A(ε) from the radii, fit_<attack>
     (logistic parameters M, D, Q, B, ν, or empty), fitcurve_<attack> (the fit on curve_eps, or
-    empty), R_<attack> (nan when rejected), eps_max. on_step("attacks", done, total, {}) reports
+    empty), R_<attack> (nan when rejected), eps_max, grid_robust ((attack, ε) -> per-image robust
+    bools on the grid's images), examples (clean/twin images of the PGD radius search, or empty).
+    on_step("attacks", done, total, {}) reports
     progress, in the shape of training's on_epoch."""
     if not cfg.enabled:
         return {}, {}
@@ -378,7 +431,8 @@ def evaluate_robustness(
             on_step("attacks", done, total, {})
 
     metrics: dict[str, float | int | None | str] = {}
-    grid = robust_accuracy_grid(model, x_test, y_test, cfg, seed=seed, tick=tick)
+    per_image: dict[tuple[str, float], np.ndarray] = {}
+    grid = robust_accuracy_grid(model, x_test, y_test, cfg, seed=seed, tick=tick, per_image=per_image)
     metrics.update(grid)
 
     x_grid, y_grid = x_test[: cfg.n_images], y_test[: cfg.n_images]
@@ -395,7 +449,7 @@ def evaluate_robustness(
     if confident_mode and idx.numel() < cfg.min_confident:  # the thesis skips such models for R
         skip = f"{idx.numel()} confident correct test images < attack.min_confident {cfg.min_confident}"
         idx = idx[:0]
-    radii = _batched_radii(model, x_test[idx], y_test[idx], cfg, tick)
+    radii, examples = _batched_radii(model, x_test[idx], y_test[idx], cfg, tick)
     if done < total:  # fewer confident images than asked for: fewer radius batches
         done = total - 1
         tick()
@@ -406,6 +460,8 @@ def evaluate_robustness(
         "eps_max": eps_max,
         "grid_eps": np.asarray(cfg.eps, dtype=float),
         "curve_eps": curve_eps,
+        "grid_robust": per_image,
+        "examples": examples,
     }
     for a in ATTACKS:
         s = robustness_summary(radii[a], eps_max, min_images=cfg.min_radius_images)

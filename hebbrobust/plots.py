@@ -92,6 +92,69 @@ def robustness_figure(extras: dict, title: str = "") -> Figure:
     return fig
 
 
+def _show(ax: plt.Axes, img: np.ndarray, **kw: object) -> None:
+    """One image (C, H, W): grey when C == 1, colour when C == 3."""
+    img = np.asarray(img, dtype=np.float32)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], interpolation="nearest", **({"cmap": "gray"} | kw))  # type: ignore[arg-type]
+    else:
+        ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def adversarial_examples(examples: dict, classes: list[str] | None = None, title: str = "") -> Figure:
+    """Thesis Fig. 9.1 from `evaluate_robustness`'s extras["examples"]: per image (a column) the clean
+    image with its prediction, the minimal-radius twin with its prediction, and the perturbation
+    x_adv - x scaled to its own L∞ size (grey = 0; the radius in 1/255 in the title)."""
+    x, adv = np.asarray(examples["x"]), np.asarray(examples["x_adv"])
+    n = len(x)
+    name = (lambda c: classes[c]) if classes else str  # noqa: E731
+    fig, axes = plt.subplots(3, max(n, 1), figsize=(1.7 * max(n, 1) + 0.6, 5.4), squeeze=False)
+    for i in range(n):
+        delta = adv[i] - x[i]
+        size = float(np.abs(delta).max())
+        _show(axes[0, i], x[i], vmin=0, vmax=1)
+        axes[0, i].set_title(f"label {name(int(examples['y'][i]))}\npred {name(int(examples['pred'][i]))}",
+                             fontsize=8)
+        _show(axes[1, i], adv[i], vmin=0, vmax=1)
+        axes[1, i].set_title(f"pred {name(int(examples['pred_adv'][i]))}", fontsize=8, color="tab:red")
+        _show(axes[2, i], 0.5 + 0.5 * delta / size if size > 0 else np.full_like(delta, 0.5), vmin=0, vmax=1)
+        axes[2, i].set_title(f"δ, ε={255 * float(examples['radius'][i]):.2g}/255", fontsize=8)
+    for ax, label in zip(axes[:, 0], ("clean", "adversarial", "perturbation"), strict=True):
+        ax.set_ylabel(label, fontsize=8)
+    if n == 0:
+        axes[0, 0].axis("off")
+        axes[1, 0].axis("off")
+        axes[2, 0].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def transfer_heatmap(matrix: pd.DataFrame, eps: float, title: str = "") -> Figure:
+    """Robust accuracy of each target model (column) on PGD examples crafted on each source (row), as a
+    heatmap with the numbers written in; the diagonal is white-box PGD. `eps` in units of 1/255."""
+    values = matrix.to_numpy(dtype=float)
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(1.1 * cols + 2.6, 0.8 * rows + 1.8))
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(cols), [str(c) for c in matrix.columns], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(rows), [str(r) for r in matrix.index], fontsize=8)
+    ax.set_xlabel("target model (evaluated)")
+    ax.set_ylabel("source model (PGD crafted on)")
+    for i in range(rows):
+        for j in range(cols):
+            colour = "black" if values[i, j] > 0.6 else "white"
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour,
+                    fontweight="bold" if str(matrix.index[i]) == str(matrix.columns[j]) else "normal")
+    fig.colorbar(im, ax=ax, label="robust accuracy")
+    ax.set_title(title or f"transfer of PGD examples, L∞ ε = {eps:g}/255", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- study reports
 
 KIND_STYLE = {"local": ("tab:blue", "o"), "backprop": ("tab:orange", "s")}  # model kind -> (colour, marker)

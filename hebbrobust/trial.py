@@ -12,11 +12,12 @@ from typing import Any
 import torch
 
 from hebbrobust import plots
+from hebbrobust.audit import audit
 from hebbrobust.cache import cached_filters, filter_key, key_hash
 from hebbrobust.config import AttackConfig, TrialConfig
 from hebbrobust.data import load_dataset
-from hebbrobust.errors import TrialError
-from hebbrobust.evaluate import clean_accuracy, evaluate_robustness, filter_convergence
+from hebbrobust.errors import SpecError, TrialError
+from hebbrobust.evaluate import AUDIT_ATTACKS, clean_accuracy, evaluate_robustness, filter_convergence
 from hebbrobust.fileio import atomic_write
 from hebbrobust.metrics import (
     CLEAN_ACC,
@@ -25,6 +26,7 @@ from hebbrobust.metrics import (
     FILTERS_CACHE_HIT,
     GATED,
     GATED_REASON,
+    MASK_ALL_OK,
     N_TEST,
     N_TRAIN,
     TRAIN_SECONDS,
@@ -158,13 +160,19 @@ def run_trial(
     conv = filter_convergence(filters, config.rule.p, config.converge_tol)
     metrics["unconverged_frac"] = conv["unconverged_frac"]
     metrics["unconverged_frac_norm_only"] = conv["unconverged_frac_norm_only"]
-    extras: dict[str, Any] = {"convergence": conv, "input_shape": data.shape}
+    extras: dict[str, Any] = {"convergence": conv, "input_shape": data.shape, "classes": list(data.classes)}
     if config.attack.enabled:
         rob, rob_extras = evaluate_robustness(
             model, x_test, y_test, config.attack, seed=seed, on_step=on_epoch
         )
         metrics.update(rob)
         extras["robustness"] = rob_extras
+        if config.attack.audit:
+            aud, extras["audit"] = audit(
+                model, x_test, y_test, config.attack, seed=seed, pgd_robust=rob_extras["grid_robust"],
+                prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_epoch,
+            )
+            metrics.update(aud)
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
 
 
@@ -180,8 +188,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _save_figure(path: Path, fig: Any) -> None:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plots.plt.close(fig)
+
+
+def _robustness_figures(out_dir: Path, extras: dict[str, Any], kind: str, classes: list[str] | None) -> list[Path]:
+    """robustness.png, and adversarial.png when the radius search broke an image."""
+    _save_figure(out_dir / "robustness.png", plots.robustness_figure(extras, title=f"{kind} model"))
+    if not extras.get("examples"):
+        return [out_dir / "robustness.png"]
+    fig = plots.adversarial_examples(extras["examples"], classes, title=f"{kind} model: minimal-radius PGD twins")
+    _save_figure(out_dir / "adversarial.png", fig)
+    return [out_dir / "robustness.png", out_dir / "adversarial.png"]
+
+
 def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
-    """Writes metrics.json, filters.png, robustness.png (when attacked), model.pt; returns name -> path."""
+    """Writes metrics.json, filters.png, robustness.png and adversarial.png (when attacked), model.pt;
+    returns name -> path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in ("metrics.json", "filters.png", "model.pt")}
@@ -204,10 +228,10 @@ def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
         atomic_write(paths["filters.png"], lambda p: fig.savefig(p, format="png", dpi=100))
         plots.plt.close(fig)
     if "robustness" in result.extras:
-        paths["robustness.png"] = out_dir / "robustness.png"
-        fig = plots.robustness_figure(result.extras["robustness"], title=f"{result.config.model.kind} model")
-        atomic_write(paths["robustness.png"], lambda p: fig.savefig(p, format="png", dpi=100))
-        plots.plt.close(fig)
+        for path in _robustness_figures(
+            out_dir, result.extras["robustness"], result.config.model.kind, result.extras.get("classes")
+        ):
+            paths[path.name] = path
     return paths
 
 
@@ -235,27 +259,78 @@ def reevaluate(
     eps: list[float] | None = None,
     attack: str | None = None,
     n_images: int | None = None,
+    audit_attacks: list[str] | None = None,
     on_step: EpochCallback | None = None,
 ) -> dict[str, Any]:
-    """Attack a saved trial again (optionally another eps grid, one attack, more images); updates
-    its metrics.json and robustness.png and returns the new robustness metrics."""
+    """Attack a saved trial again (optionally another eps grid, one attack, more images, the audit
+    suite `audit_attacks` instead of the spec's attack.audit); updates its metrics.json,
+    robustness.png and adversarial.png and returns the new robustness metrics."""
     config, model, doc = load_trial_dir(trial_dir)
     changes: dict[str, Any] = {"enabled": True}
     if eps:
         changes["eps"] = tuple(eps)
     if n_images:
         changes["n_images"] = n_images
+    if audit_attacks:
+        bad = [a for a in audit_attacks if a not in AUDIT_ATTACKS]
+        if bad:
+            raise SpecError(None, "--audit", f"must be one of {', '.join(AUDIT_ATTACKS)}", bad[0])
+        changes["audit"] = tuple(audit_attacks)
     attack_cfg = config.attack.model_validate({**config.attack.model_dump(), **changes})
     data = load_dataset(config.data)
     rob, extras = evaluate_robustness(
         model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed, on_step=on_step
     )
+    if attack_cfg.audit:
+        aud, _ = audit(model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed,
+                       pgd_robust=extras["grid_robust"], prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_step)
+        rob.update(aud)
     if attack is not None:
         other = "pgd" if attack == "fgsm" else "fgsm"
         rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}
     doc.update(_jsonable(rob))
     atomic_write(Path(trial_dir) / "metrics.json", lambda p: p.write_text(json.dumps(doc, indent=2)))
-    fig = plots.robustness_figure(extras, title=f"{config.model.kind} model")
-    atomic_write(Path(trial_dir) / "robustness.png", lambda p: fig.savefig(p, format="png", dpi=100))
-    plots.plt.close(fig)
+    _robustness_figures(Path(trial_dir), extras, config.model.kind, list(data.classes))
     return rob
+
+
+def model_label(config: TrialConfig) -> str:
+    """A model as figures name it: kind, and for local models activation and power n."""
+    m = config.model
+    return "backprop" if m.kind == "backprop" else f"local {m.activation} n={m.power:g}"
+
+
+def transfer_dirs(
+    trial_dirs: list[Path], *, eps: float, n_images: int | None = None, on_step: EpochCallback | None = None
+) -> tuple[Any, Any]:
+    """transfer_matrix of saved trials trained on the same data (their first trial's attack settings:
+    PGD steps, step size, restarts, seed; its n_images unless given); returns (matrix, heatmap figure).
+    Labels are model_label(), with the directory name added where two would read the same."""
+    from hebbrobust.transfer import transfer_matrix
+
+    loaded = [load_trial_dir(d) for d in trial_dirs]
+    first = loaded[0][0]
+    for d, (cfg, _, _) in zip(trial_dirs, loaded, strict=True):
+        if cfg.data != first.data:
+            raise TrialError(f"{d}: trained on other data than {trial_dirs[0]} ({cfg.data} vs {first.data})")
+    labels = [model_label(cfg) for cfg, _, _ in loaded]
+    labels = [f"{lab} ({Path(d).name})" if labels.count(lab) > 1 else lab
+              for lab, d in zip(labels, trial_dirs, strict=True)]
+    data = load_dataset(first.data)
+    a = first.attack
+    n = n_images or a.n_images
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step("transfer", done, len(loaded), {})
+
+    matrix = transfer_matrix(
+        {lab: model for lab, (_, model, _) in zip(labels, loaded, strict=True)}, data.x_test[:n], data.y_test[:n],
+        eps, alpha=a.pgd_alpha, steps=a.pgd_steps, restarts=a.pgd_restarts, seed=first.seed,
+        batch_size=a.batch_size, tick=tick,
+    )
+    return matrix, plots.transfer_heatmap(matrix, eps, title=f"PGD transfer on {first.data.name}, "
+                                          f"L∞ ε = {eps:g}/255, {n} test images")

@@ -1,0 +1,228 @@
+"""The audit suite (APGD-CE, APGD-DLR, Square from adversarial-robustness-toolbox) against our PGD, the
+worst case over attacks, the Square masking check on a model built to mask gradients, the transfer
+matrix, the adversarial-examples figure, the spec and the CLI. Real small models, seeded data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from matplotlib.figure import Figure
+from test_attacks import Quantised, make_data, make_model, trained_model
+from test_cli import TINY, runner
+from torch import Tensor, nn
+
+from hebbrobust import plots
+from hebbrobust.audit import audit, audit_per_image, run_attack
+from hebbrobust.cli import app
+from hebbrobust.config import AttackConfig, TrialConfig, load_trial
+from hebbrobust.errors import SpecError
+from hebbrobust.evaluate import (
+    EXAMPLE_IMAGES,
+    MASK_ALL_OK,
+    MASK_PGD_LE_SQUARE,
+    MASK_PGD_WORST_OK,
+    WORST,
+    evaluate_robustness,
+    grid_metric,
+    robust_accuracy_grid,
+)
+from hebbrobust.tracking import mlflow_name
+from hebbrobust.transfer import transfer_matrix
+from hebbrobust.trial import run_trial
+
+# --------------------------------------------------------------------------- small real models
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[nn.Module, Tensor, Tensor]:
+    """A small CNN returning logits, 3 classes of 1x6x6 images."""
+    model, x, y = trained_model()
+    return model.eval(), x[:120], y[:120]
+
+
+@pytest.fixture(scope="module")
+def hebb() -> tuple[nn.Module, Tensor, Tensor]:
+    """A local HebbCNN (log-probabilities, σ = relu^3) on 8x8 digits: the audit's real client."""
+    cfg = TrialConfig.model_validate({
+        **TINY["base"], "model": {"filters": 16, "kernel": 3, "pool": 2, "power": 3}, "attack": {"enabled": False},
+    })
+    result = run_trial(cfg)
+    from hebbrobust.data import load_dataset
+
+    data = load_dataset(cfg.data)
+    assert result.model is not None
+    return result.model.eval(), data.x_test[:60], data.y_test[:60]
+
+
+def _cfg(**changes: object) -> AttackConfig:
+    base: dict[str, object] = dict(eps=(8.0, 24.0), pgd_steps=10, apgd_steps=10, n_images=120, batch_size=64,
+                                   square_queries=150, radius_images=0)
+    base.update(changes)
+    return AttackConfig.model_validate(base)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+@pytest.mark.parametrize("which", ["tiny", "hebb"])
+def test_apgd_ce_is_at_least_as_strong_as_our_pgd(which: str, request: pytest.FixtureRequest) -> None:
+    model, x, y = request.getfixturevalue(which)
+    cfg = _cfg(n_images=len(x))
+    ours: dict[tuple[str, float], np.ndarray] = {}
+    robust_accuracy_grid(model, x, y, cfg, seed=0, per_image=ours)
+    apgd = audit_per_image(model, x, y, cfg, attacks=("apgd-ce",), seed=0)
+    n = len(x)
+    for e in cfg.eps:
+        assert apgd["apgd-ce", e].sum() <= ours["pgd", e].sum() + 1, (e, apgd["apgd-ce", e].mean(),
+                                                                      ours["pgd", e].mean())
+    assert apgd["apgd-ce", cfg.eps[0]].sum() < n  # it breaks something: the check is not vacuous
+
+
+def test_square_is_seeded_and_stays_in_its_ball(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
+    model, x, y = tiny
+    x, y = x[:40], y[:40]
+    cfg, eps = _cfg(square_queries=40), 16 / 255
+    a = run_attack(model, x, y, "square", eps, cfg, seed=3)
+    b = run_attack(model, x, y, "square", eps, cfg, seed=3)
+    c = run_attack(model, x, y, "square", eps, cfg, seed=4)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    for adv in (a, c):
+        assert (adv - x).abs().amax().item() <= eps + 1e-6
+        assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
+    state = np.random.get_state()[1].copy()  # numpy's global generator is left as it was
+    run_attack(model, x[:8], y[:8], "square", eps, cfg, seed=5)
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+def test_apgd_stays_in_its_ball_and_runs_in_eval_mode(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
+    model, x, y = tiny
+    model.train()
+    try:
+        for name in ("apgd-ce", "apgd-dlr"):
+            adv = run_attack(model, x[:40], y[:40], name, 8 / 255, _cfg())  # type: ignore[arg-type]
+            assert (adv - x[:40]).abs().amax().item() <= 8 / 255 + 1e-6
+            assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
+        assert all(m.training for m in model.modules()), "mode not restored"
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        model.eval()
+
+
+def test_worst_case_is_below_every_attack_per_image(hebb: tuple[nn.Module, Tensor, Tensor]) -> None:
+    model, x, y = hebb
+    cfg = _cfg(audit=("apgd-ce", "apgd-dlr", "square"), n_images=len(x), square_queries=80)
+    metrics, robust = audit(model, x, y, cfg, seed=0)
+    attacks = ("pgd", "apgd-ce", "apgd-dlr", "square")
+    for e in cfg.eps:
+        worst = robust[WORST, e]
+        for a in attacks:
+            assert not (worst & ~robust[a, e]).any(), (a, e)  # robust in the worst case => robust to each
+            assert metrics[grid_metric(WORST, e)] <= (metrics[grid_metric(a, e)] if a != "pgd"
+                                                      else robust["pgd", e].mean()) + 1e-12
+        assert worst.mean() == pytest.approx(metrics[grid_metric(WORST, e)])
+    for key in ("apgd-ce_acc@8", "apgd-dlr_acc@24", "square_acc@8", "worst_acc@24", "audit_images",
+                "audit_seconds", MASK_PGD_LE_SQUARE, MASK_PGD_WORST_OK, MASK_ALL_OK):
+        assert key in metrics, key
+    assert metrics["audit_images"] == len(x)
+
+
+def test_square_flags_a_model_that_masks_its_gradients(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
+    model, x, y = tiny
+    cfg = _cfg(eps=(64.0,), audit=("square",), square_queries=200)
+    masked = Quantised(model)  # round(4x)/4 before the network: the input gradient is zero everywhere
+    metrics, _ = audit(masked, x, y, cfg, seed=0)
+    assert metrics[MASK_PGD_LE_SQUARE] == 0 and metrics[MASK_ALL_OK] == 0, metrics
+    assert metrics[MASK_PGD_WORST_OK] == 0  # PGD overestimates the worst case by far more than 2 points
+    honest, _ = audit(model, x, y, cfg, seed=0)
+    assert honest[MASK_PGD_LE_SQUARE] == 1, honest
+
+
+def test_metric_names_survive_mlflow() -> None:
+    assert grid_metric("apgd-ce", 2.0) == "apgd-ce_acc@2"
+    assert mlflow_name("apgd-ce_acc@2") == "apgd-ce_acc_eps2"
+    assert mlflow_name("worst_acc@0.5") == "worst_acc_eps0.5"
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def test_transfer_matrix_diagonal_is_white_box_pgd() -> None:
+    x, y = make_data(120, seed=1)
+    models = {}
+    for seed, steps in ((0, 80), (1, 40)):
+        model = make_model(seed)
+        from test_attacks import fit_tiny
+
+        models[f"m{seed}"] = fit_tiny(model, *make_data(300), steps).eval()
+    cfg = _cfg(eps=(16.0,), batch_size=50)
+    matrix = transfer_matrix(models, x, y, 16.0, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, seed=7, batch_size=50)
+    assert list(matrix.index) == list(matrix.columns) == ["m0", "m1"]
+    for label, model in models.items():
+        white = robust_accuracy_grid(model, x, y, cfg, seed=7)[grid_metric("pgd", 16.0)]
+        assert matrix.loc[label, label] == pytest.approx(white)
+    assert ((matrix >= 0) & (matrix <= 1)).all().all()
+    assert isinstance(plots.transfer_heatmap(matrix, 16.0), Figure)
+
+
+# --------------------------------------------------------------------------- adversarial examples
+
+
+def test_examples_are_minimal_radius_twins(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
+    model, x, y = tiny
+    cfg = _cfg(radius_images=40, confidence=0.5, min_radius_images=5, radius_pgd_max_steps=300)
+    _, extras = evaluate_robustness(model, x, y, cfg)
+    ex = extras["examples"]
+    assert 0 < len(ex["x"]) <= EXAMPLE_IMAGES
+    dist = np.abs(ex["x_adv"] - ex["x"]).reshape(len(ex["x"]), -1).max(1)
+    assert np.allclose(dist, ex["radius"], atol=1e-6)
+    assert (ex["pred_adv"] != ex["y"]).all() and (ex["pred"] == ex["y"]).all()
+    assert isinstance(plots.adversarial_examples(ex, ["a", "b", "c"], title="t"), Figure)
+
+
+# --------------------------------------------------------------------------- spec and CLI
+
+
+def test_audit_spec_defaults_and_bad_names(tmp_path: Path) -> None:
+    assert AttackConfig().audit == ()
+    assert AttackConfig(audit=("square", "apgd-ce", "square")).audit == ("square", "apgd-ce")  # type: ignore[arg-type]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"base": {"attack": {"audit": ["apgd-ce", "fab"]}}}))
+    with pytest.raises(SpecError) as e:
+        load_trial(path)
+    msg = str(e.value)
+    assert "base.attack.audit.1" in msg and "'apgd-ce', 'apgd-dlr' or 'square'" in msg and "'fab'" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.slow
+def test_cli_evaluate_audit_and_transfer(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    doc = {**TINY, "base": {**TINY["base"], "attack": {**TINY["base"]["attack"], "n_images": 30}}}
+    spec.write_text(yaml.safe_dump(doc))
+    dirs = []
+    for kind in ("local", "backprop"):
+        out = tmp_path / kind
+        result = runner.invoke(app, ["trial", "run", str(spec), "--out", str(out), "--set", f"model.kind={kind}"])
+        assert result.exit_code == 0, result.output
+        assert (out / "adversarial.png").stat().st_size > 0
+        dirs.append(out)
+    bad = runner.invoke(app, ["evaluate", str(dirs[0]), "--audit", "fab"])
+    assert bad.exit_code == 1 and "--audit: must be one of apgd-ce, apgd-dlr, square, got 'fab'" in bad.stderr
+    ok = runner.invoke(app, ["evaluate", str(dirs[0]), "--audit", "apgd-ce", "--audit", "square"])
+    assert ok.exit_code == 0, ok.output
+    metrics = json.loads((dirs[0] / "metrics.json").read_text())
+    for e in ("2", "8"):
+        assert metrics[f"worst_acc@{e}"] <= min(metrics[f"pgd_acc@{e}"], metrics[f"apgd-ce_acc@{e}"],
+                                                metrics[f"square_acc@{e}"]) + 1e-12
+    assert "apgd-dlr_acc@2" not in metrics
+    res = runner.invoke(app, ["transfer", *map(str, dirs), "--eps", "8", "--out", str(tmp_path / "tr")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "tr" / "transfer.png").stat().st_size > 0
+    lines = (tmp_path / "tr" / "transfer.csv").read_text().splitlines()
+    assert lines[0].startswith("source,local relu n=1,backprop") and len(lines) == 3
