@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hebbrobust import plots
@@ -203,9 +204,21 @@ def _robustness_figures(out_dir: Path, extras: dict[str, Any], kind: str, classe
     return [out_dir / "robustness.png", out_dir / "adversarial.png"]
 
 
+def save_audit(path: Path, robust: dict[tuple[str, float], Any]) -> None:
+    """The audit's per-image robust bools as audit.npz: one array per '<attack>@<e>' (attack pgd,
+    apgd-ce, apgd-dlr, square, worst; e in 1/255), in the order of the grid's test images."""
+    arrays = {f"{a}@{e:g}": v for (a, e), v in robust.items()}
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: savez would append .npz to a bare path
+            np.savez_compressed(f, **arrays)
+
+    _atomic_write(path, write)
+
+
 def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
-    """Writes metrics.json, filters.png, robustness.png and adversarial.png (when attacked), model.pt;
-    returns name -> path."""
+    """Writes metrics.json, filters.png, robustness.png and adversarial.png (when attacked), audit.npz
+    (when audited), model.pt; returns name -> path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in ("metrics.json", "filters.png", "model.pt")}
@@ -232,6 +245,9 @@ def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
             out_dir, result.extras["robustness"], result.config.model.kind, result.extras.get("classes")
         ):
             paths[path.name] = path
+    if result.extras.get("audit"):
+        paths["audit.npz"] = out_dir / "audit.npz"
+        save_audit(paths["audit.npz"], result.extras["audit"])
     return paths
 
 
@@ -264,7 +280,7 @@ def reevaluate(
 ) -> dict[str, Any]:
     """Attack a saved trial again (optionally another eps grid, one attack, more images, the audit
     suite `audit_attacks` instead of the spec's attack.audit); updates its metrics.json,
-    robustness.png and adversarial.png and returns the new robustness metrics."""
+    robustness.png, adversarial.png and audit.npz and returns the new robustness metrics."""
     config, model, doc = load_trial_dir(trial_dir)
     changes: dict[str, Any] = {"enabled": True}
     if eps:
@@ -282,9 +298,10 @@ def reevaluate(
         model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed, on_step=on_step
     )
     if attack_cfg.audit:
-        aud, _ = audit(model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed,
-                       pgd_robust=extras["grid_robust"], prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_step)
+        aud, robust = audit(model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed,
+                            pgd_robust=extras["grid_robust"], prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_step)
         rob.update(aud)
+        save_audit(Path(trial_dir) / "audit.npz", robust)
     if attack is not None:
         other = "pgd" if attack == "fgsm" else "fgsm"
         rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}
