@@ -413,8 +413,7 @@ def evaluate_robustness(
     (logistic parameters M, D, Q, B, ν, or empty), fitcurve_<attack> (the fit on curve_eps, or
     empty), R_<attack> (nan when rejected), eps_max, grid_robust ((attack, ε) -> per-image robust
     bools on the grid's images), examples (clean/twin images of the PGD radius search, or empty).
-    on_step("attacks", done, total, {}) reports
-    progress, in the shape of training's on_epoch."""
+    on_step("attacks", done, total, {}) reports progress, in the shape of training's on_epoch."""
     if not cfg.enabled:
         return {}, {}
     start = time.perf_counter()
