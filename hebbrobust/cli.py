@@ -185,6 +185,11 @@ def transfer_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix.to_csv(out_dir / "transfer.csv")
     fig.savefig(out_dir / "transfer.png", dpi=100)
+    _print_matrix(matrix, eps)
+    out.print(f"wrote {out_dir / 'transfer.csv'}, {out_dir / 'transfer.png'}")
+
+
+def _print_matrix(matrix: Any, eps: float) -> None:
     table = Table(title=f"robust accuracy, rows: source (PGD crafted on), columns: target, eps {eps:g}/255")
     table.add_column("source")
     for col in matrix.columns:
@@ -192,7 +197,6 @@ def transfer_cmd(
     for src, row in matrix.iterrows():
         table.add_row(str(src), *(f"{v:.3f}" for v in row))
     out.print(table)
-    out.print(f"wrote {out_dir / 'transfer.csv'}, {out_dir / 'transfer.png'}")
 
 
 # --------------------------------------------------------------------------- study
@@ -350,6 +354,59 @@ def study_report(
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     out.print(f"wrote {len(rep.files)} files to {rep.out_dir}; open {rep.out_dir / f'report.{fmt}'}")
     out.print(f"logged to MLflow run {rep.study.parent_run_id}: {rep.artifact_uri}")
+
+
+MembersOpt = Annotated[
+    str, typer.Option("--members", help="front, all, top-N (best first objective) or trial ids, comma-separated")
+]
+
+
+@study_app.command("audit")
+@friendly
+def study_audit(
+    name: Annotated[str | None, typer.Argument(help=STUDY_HELP)] = None,
+    members: MembersOpt = "front",
+    attacks: Annotated[
+        list[str] | None,
+        typer.Option("--attacks", help="audit attack (apgd-ce, apgd-dlr, square; repeatable; default: all)"),
+    ] = None,
+    n_images: Annotated[int | None, typer.Option("--n-images", help="test images (default: each trial's)")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Audit chosen trials of a finished study: ours vs worst-case robust accuracy; logs to MLflow."""
+    from hebbrobust.study.audit import audit_study
+
+    with _progress() as progress:
+        done = audit_study(name, members=members, attacks=attacks, n_images=n_images, storage=storage,
+                           on_step=EpochBar(progress))  # fmt: skip
+    table = Table(title=f"{done.record.name}: our PGD vs the worst case over every attack")
+    for col in done.table.columns:
+        table.add_column(str(col))
+    for _, row in done.table.iterrows():
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)
+    for trial in done.table[done.table["masked"]]["trial_id"].unique():
+        err.print(f"[yellow]warning:[/yellow] {trial}: our PGD overestimates robust accuracy by more than 2 points")
+    out.print(f"wrote {done.files['audit.csv']}; `hebbrobust study report {done.record.name}` shows it")
+
+
+@study_app.command("transfer")
+@friendly
+def study_transfer(
+    name: Annotated[str | None, typer.Argument(help=STUDY_HELP)] = None,
+    members: MembersOpt = "front",
+    eps: Annotated[float, typer.Option("--eps", help="L-inf eps in units of 1/255")] = 8.0,
+    n_images: Annotated[int | None, typer.Option("--n-images", help="test images (default: the first trial's)")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """PGD transfer matrix of chosen trials of a finished study; CSV + heatmap on the parent run."""
+    from hebbrobust.study.audit import transfer_study
+
+    with _progress() as progress:
+        done = transfer_study(name, members=members, eps=eps, n_images=n_images, storage=storage,
+                              on_step=EpochBar(progress))  # fmt: skip
+    _print_matrix(done.table, eps)
+    out.print(f"wrote {', '.join(str(p) for p in done.files.values())}")
 
 
 # --------------------------------------------------------------------------- cache

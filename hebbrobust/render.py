@@ -132,10 +132,15 @@ def page(r: Report, fmt_name: str) -> str:
 
 def _selections(r: Report) -> dict[str, Any]:
     """The page's row selections: the population's correlations (all but the unconverged
-    fraction's), the unconverged fraction's, the front, the per-value table's parameters."""
+    fraction's), the unconverged fraction's, the front, the per-value table's parameters; the audit's
+    columns; each transfer matrix with its sources as a column."""
     corr = r.correlations
+    lead = ["trial_id", KIND, "eps", "pgd_acc", "worst_acc", "gap"]
+    audit_cols = lead + [c for c in r.audit.columns if c not in lead and c != "masked"] + ["masked"]
+    transfers = [(eps, m.rename_axis("source (crafted on)").reset_index(), png) for eps, m, png in r.transfers]
     return {
         "pop_corr": corr[corr["x"] != UNCONVERGED], "uc_corr": corr[corr["x"] == UNCONVERGED],
         "front": r.trials[r.trials["pareto"]],
         "value_tables": {p: r.values[r.values["param"] == p] for p in dict.fromkeys(r.values["param"])},
+        "audit_cols": audit_cols, "transfers": transfers,
     }  # fmt: skip

@@ -7,8 +7,10 @@ and figures (plots.py draws them) and hands the page to `render` (jinja2 templat
   trials.csv (the finished trials), correlations.csv (with bootstrap 95% intervals), values.csv (per
   searched value and model kind: count, mean and max clean accuracy, mean R), importance.csv;
   pareto.png, importance.png, effects.png, unconverged.png, accuracy_vs_R.png, converged.png;
-  filters/ (the front's filter grids: one composite, plus a copy each); report.html (self-contained:
-  images as data URIs) or report.md (links the PNG files);
+  filters/ (the front's filter grids: one composite, plus a copy each); after `study audit`:
+  audit.csv (ours vs worst case per ε), masking/ (the images behind each masking warning);
+  adversarial/ (each front member's minimal-radius twins); after `study transfer`: transfer/ (the
+  matrices); report.html (self-contained: images as data URIs) or report.md (links the PNG files);
 and logs them to the study's parent MLflow run under report/.
 """
 
@@ -30,6 +32,7 @@ from hebbrobust.errors import HebbrobustError
 from hebbrobust.metrics import CLEAN_ACC
 from hebbrobust.metrics import UNCONVERGED_FRAC as UNCONVERGED
 from hebbrobust.numeric import Objectives, with_front
+from hebbrobust.study.audit import TRANSFER_DIR, summary_row
 from hebbrobust.study.record import KIND, StudyRecord, is_gated, read_study
 
 MIN_IMPORTANCE_TRIALS = 3  # fANOVA on fewer finished trials rates nothing but noise
@@ -292,6 +295,38 @@ def filter_image(study_dir: Path, trial_id: str) -> Path | None:
     return None
 
 
+def audit_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per audited trial (one with worst_acc@<e> metrics) and ε: trial_id, model kind, eps,
+    pgd_acc (ours), worst_acc (every attack, ours included), each audit attack's accuracy, gap
+    (ours minus worst) and masked (gap above 2 points: our PGD overestimates robust accuracy)."""
+    worst = [c for c in trials.columns if c.startswith("worst_acc@")]
+    rows: list[dict[str, Any]] = []
+    for _, row in trials.iterrows():
+        metrics = {k: v for k, v in row.items() if isinstance(k, str) and pd.notna(v)}
+        if any(c in metrics for c in worst):
+            rows += summary_row(str(row["trial_id"]), row.get(KIND), metrics)
+    return pd.DataFrame(rows)
+
+
+def masked_trials(audit: pd.DataFrame) -> pd.DataFrame:
+    """The audited trials where our PGD overestimates robust accuracy by more than 2 points at some ε:
+    trial_id, model kind, the largest gap and the ε where it is."""
+    if audit.empty:
+        return pd.DataFrame(columns=["trial_id", KIND, "gap", "eps"])
+    flagged = audit[audit["masked"]].sort_values("gap", ascending=False)
+    return flagged.drop_duplicates("trial_id")[["trial_id", KIND, "gap", "eps"]].reset_index(drop=True)
+
+
+def masked_images(audit_npz: Path) -> np.ndarray:
+    """(N, H, W[, C]) images in [0, 1] our PGD left correct but an audit attack broke (audit.npz)."""
+    if not audit_npz.exists():
+        return np.zeros((0, 1, 1))
+    with np.load(audit_npz) as z:
+        x = np.asarray(z["masked_images"], dtype=np.float32) if "masked_images" in z else np.zeros((0, 1, 1, 1))
+    x = x.transpose(0, 2, 3, 1)
+    return x[..., 0] if x.shape[-1] == 1 else x
+
+
 # --------------------------------------------------------------------------- building the report
 
 
@@ -310,6 +345,10 @@ class Report:
     population: pd.DataFrame  # every FINISHED trial, gated ones included (the converged-fraction histogram)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
     sampler: str = ""  # how the population was drawn (`sampler_note`)
+    audit: pd.DataFrame = field(default_factory=pd.DataFrame)  # audit.csv: ours vs worst case per ε
+    masked: pd.DataFrame = field(default_factory=pd.DataFrame)  # masking warnings, one row per trial
+    transfers: list[tuple[float, pd.DataFrame, str]] = field(default_factory=list)  # (ε, matrix, PNG name)
+    adversarial: list[tuple[str, str]] = field(default_factory=list)  # front member's (title, PNG name)
     artifact_uri: str | None = None  # where the files went on the parent MLflow run
 
 
@@ -337,6 +376,7 @@ def build_report(
     rep = _compute(study, out)
     rep.files.update(_figures(rep))
     rep.files.update(_front_filters(rep))
+    rep.files.update(_robustness_extras(rep))
     page = out / f"report.{fmt}"
     page.write_text(render.page(rep, fmt))
     rep.files[page.name] = page
@@ -361,11 +401,14 @@ def _compute(study: StudyRecord, out: Path) -> Report:
     importance = importance_by_kind(optuna_study, study.objectives, list(study.spec.space))
     files = {"trials.csv": out / "trials.csv", "correlations.csv": out / "correlations.csv",
              "importance.csv": out / "importance.csv", "values.csv": out / "values.csv"}  # fmt: skip
+    audit = audit_table(table)
     frames = {"trials.csv": table, "correlations.csv": corr, "importance.csv": importance, "values.csv": values}
+    if len(audit):
+        files["audit.csv"], frames["audit.csv"] = out / "audit.csv", audit
     for name, frame in frames.items():
         frame.to_csv(files[name], index=False)
     return Report(study, out, files, table, study.counts, corr, importance, values, everyone, notes,
-                  sampler=sampler_note(study.spec.sampler.name))  # fmt: skip
+                  sampler=sampler_note(study.spec.sampler.name), audit=audit, masked=masked_trials(audit))  # fmt: skip
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -478,4 +521,39 @@ def _front_filters(r: Report) -> dict[str, Path]:
         title = f"{r.study.name}: filters of the Pareto front's members (best {r.study.objectives[0][0]} first)"
         files["filters/front_filters.png"] = _save(plots.image_panels(images, titles, title=title),
                                                    folder / "front_filters.png")  # fmt: skip
+    return files
+
+
+def _robustness_extras(r: Report) -> dict[str, Path]:
+    """masking/<trial>.png (the images behind each masking warning, from audit.npz), adversarial/
+    (each front member's adversarial.png) and transfer/ (the study's transfer matrices)."""
+    from hebbrobust import plots
+    from hebbrobust.study.audit import member_dir
+
+    files: dict[str, Path] = {}
+    for folder in ("masking", "adversarial", TRANSFER_DIR):
+        shutil.rmtree(r.out_dir / folder, ignore_errors=True)
+    for _, row in r.masked.iterrows():
+        images = masked_images(member_dir(r.study, str(row["trial_id"])) / "audit.npz")
+        if len(images):
+            (r.out_dir / "masking").mkdir(exist_ok=True)
+            title = f"{row['trial_id']}: our PGD failed, another attack succeeded"
+            fig = plots.image_panels(list(images), [f"test image {i}" for i in range(len(images))], cols=8,
+                                     title=title)  # fmt: skip
+            name = f"masking/{row['trial_id']}.png"
+            files[name] = _save(fig, r.out_dir / name)
+    for i, (_, row) in enumerate(r.trials[r.trials["pareto"]].iterrows() if "pareto" in r.trials else []):
+        source = member_dir(r.study, str(row["trial_id"])) / "adversarial.png"
+        if source.exists():
+            (r.out_dir / "adversarial").mkdir(exist_ok=True)
+            name = f"adversarial/{i:02d}_{row['trial_id']}.png"
+            files[name] = Path(shutil.copyfile(source, r.out_dir / name))
+            r.adversarial.append((render.member_title(row, r.study.objectives).replace("\n", ", "), name))
+    for csv in sorted((r.study.study_dir / TRANSFER_DIR).glob("transfer_eps*.csv")):
+        (r.out_dir / TRANSFER_DIR).mkdir(exist_ok=True)
+        eps = float(csv.stem.removeprefix("transfer_eps"))
+        for src in (csv, csv.with_suffix(".png")):
+            if src.exists():
+                files[f"{TRANSFER_DIR}/{src.name}"] = Path(shutil.copyfile(src, r.out_dir / TRANSFER_DIR / src.name))
+        r.transfers.append((eps, pd.read_csv(csv, index_col=0), f"{TRANSFER_DIR}/{csv.with_suffix('.png').name}"))
     return files

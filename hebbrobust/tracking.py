@@ -479,6 +479,29 @@ def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def log_to_run(
+    target: TrackingTarget,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    files: Mapping[str, Path] = {},  # noqa: B006 - read only
+    *,
+    artifact_path: str | None = None,
+) -> None:
+    """Metrics (their MLflow names added to the run's name map, so `read_trials` reads them back under
+    the trial's own names) and files (under `artifact_path`) on an existing run, finished or not."""
+    client = target.client()
+    out, tags, renamed = split_metrics(metrics)
+    try:
+        if renamed:
+            names = {**_parse_names(client.get_run(run_id).data.tags), **renamed}
+            tags.append(_tag(NAMES_TAG, json.dumps(names)))
+        client.log_batch(run_id, metrics=out, tags=tags)
+        for path in files.values():
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    except MlflowException as e:
+        raise _fail(f"cannot log to run {run_id}", target.uri, e) from None
+
+
 def log_report(
     target: TrackingTarget, run_id: str, files: Mapping[str, Path], *, artifact_path: str = "report"
 ) -> str:

@@ -173,6 +173,7 @@ def run_trial(
                 model, x_test, y_test, config.attack, seed=seed, pgd_robust=rob_extras["grid_robust"],
                 prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_epoch,
             )
+            extras["audit_x"] = x_test[: config.attack.n_images]
             metrics.update(aud)
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
 
@@ -204,16 +205,28 @@ def _robustness_figures(out_dir: Path, extras: dict[str, Any], kind: str, classe
     return [out_dir / "robustness.png", out_dir / "adversarial.png"]
 
 
-def save_audit(path: Path, robust: dict[tuple[str, float], Any]) -> None:
+MASKED_IMAGES = 16  # images kept in audit.npz where our PGD failed but another attack broke the image
+
+
+def save_audit(path: Path, robust: dict[tuple[str, float], Any], x: Any = None) -> None:
     """The audit's per-image robust bools as audit.npz: one array per '<attack>@<e>' (attack pgd,
-    apgd-ce, apgd-dlr, square, worst; e in 1/255), in the order of the grid's test images."""
-    arrays = {f"{a}@{e:g}": v for (a, e), v in robust.items()}
+    apgd-ce, apgd-dlr, square, worst; e in 1/255), in the order of the grid's test images; with `x`
+    (those images), also `masked_index` (images our PGD left correct but some audit attack broke, at
+    any ε) and `masked_images` (the first MASKED_IMAGES of them, float16 (N, C, H, W)): the report's
+    masking warning shows them."""
+    arrays: dict[str, Any] = {f"{a}@{e:g}": v for (a, e), v in robust.items()}
+    if x is not None:
+        eps = sorted({e for a, e in robust if a == "worst"})
+        masked = np.logical_or.reduce([robust["pgd", e] & ~robust["worst", e] for e in eps]) if eps else []
+        index = np.flatnonzero(masked)
+        arrays["masked_index"] = index
+        arrays["masked_images"] = np.asarray(x[index[:MASKED_IMAGES]].cpu().numpy(), dtype=np.float16)
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:  # a file object: savez would append .npz to a bare path
             np.savez_compressed(f, **arrays)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
@@ -247,7 +260,7 @@ def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
             paths[path.name] = path
     if result.extras.get("audit"):
         paths["audit.npz"] = out_dir / "audit.npz"
-        save_audit(paths["audit.npz"], result.extras["audit"])
+        save_audit(paths["audit.npz"], result.extras["audit"], result.extras.get("audit_x"))
     return paths
 
 
@@ -301,7 +314,7 @@ def reevaluate(
         aud, robust = audit(model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed,
                             pgd_robust=extras["grid_robust"], prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_step)
         rob.update(aud)
-        save_audit(Path(trial_dir) / "audit.npz", robust)
+        save_audit(Path(trial_dir) / "audit.npz", robust, data.x_test[: attack_cfg.n_images])
     if attack is not None:
         other = "pgd" if attack == "fgsm" else "fgsm"
         rob = {k: v for k, v in rob.items() if not k.startswith(other + "_")}
@@ -312,9 +325,9 @@ def reevaluate(
 
 
 def model_label(config: TrialConfig) -> str:
-    """A model as figures name it: kind, and for local models activation and power n."""
+    """A model as figures name it: kind, activation and power n."""
     m = config.model
-    return "backprop" if m.kind == "backprop" else f"local {m.activation} n={m.power:g}"
+    return f"{m.kind} {m.activation} n={m.power:g}"
 
 
 def transfer_dirs(

@@ -1,7 +1,8 @@
 """Studies on Ray Tune + Optuna + MLflow: the only package that imports ray.
 
-directory (paths, study.json, lock), record (the read-only study record, show, list) and resume
-(reconcile) are Ray-free; session (Ray), callbacks (Tune) and run (run/resume) import ray. This
+directory (paths, study.json, lock), record (the read-only study record, show, list), resume
+(reconcile) and audit (the audit suite and transfer matrix on a finished study's members) are
+Ray-free; session (Ray), callbacks (Tune) and run (run/resume) import ray. This
 package imports none of them eagerly, so `hebbrobust.study.record` costs no Ray import."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 _WHERE = {
     "StudyOutcome": "record",
+    "audit_study": "audit",
+    "transfer_study": "audit",
     "find_study_dir": "directory",
     "list_studies": "record",
     "show_study": "record",
