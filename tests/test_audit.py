@@ -224,8 +224,8 @@ def test_cli_evaluate_audit_and_transfer(tmp_path: Path) -> None:
                                                 metrics[f"square_acc@{e}"]) + 1e-12
     assert "apgd-dlr_acc@2" not in metrics
     with np.load(dirs[0] / "audit.npz") as per_image:
-        assert sorted(per_image.files) == sorted(f"{a}@{e}" for a in ("pgd", "apgd-ce", "square", "worst")
-                                                 for e in ("2", "8"))
+        assert sorted(per_image.files) == sorted([f"{a}@{e}" for a in ("pgd", "apgd-ce", "square", "worst")
+                                                  for e in ("2", "8")] + ["masked_index", "masked_images"])
         assert per_image["worst@8"].mean() == pytest.approx(metrics["worst_acc@8"])
     res = runner.invoke(app, ["transfer", *map(str, dirs), "--eps", "8", "--out", str(tmp_path / "tr")])
     assert res.exit_code == 0, res.output
