@@ -107,13 +107,13 @@ def test_a_finished_head_resumes_without_recomputing_pool_features(
     import hebbrobust.train as train
 
     calls: list[int] = []
-    original = train._pool_features
+    original = train.pool_features
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_pool_features", counting)
+    monkeypatch.setattr(train, "pool_features", counting)
     first = run_trial(TINY, checkpoint_dir=tmp_path)
     assert calls == [1]
     again = run_trial(TINY, checkpoint_dir=tmp_path)  # every stage is checkpointed as finished
