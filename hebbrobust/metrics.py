@@ -20,6 +20,7 @@ MASK_ALL_OK = "mask_all_ok"
 FILTER_SECONDS = "filter_seconds"
 FILTERS_CACHE_HIT = "filters_cache_hit"
 FEATURES_CACHE_HIT = "features_cache_hit"
+FEATURE_SECONDS = "feature_seconds"  # the head's pool outputs: computed, or loaded from the feature cache
 FILTER_SECONDS_SAVED = "filter_seconds_saved"
 N_TRAIN = "n_train"
 N_TEST = "n_test"

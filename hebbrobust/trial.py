@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from hebbrobust.evaluate import clean_accuracy, evaluate_robustness, filter_conv
 from hebbrobust.fileio import atomic_write
 from hebbrobust.metrics import (
     CLEAN_ACC,
+    FEATURE_SECONDS,
     FEATURES_CACHE_HIT,
     FILTER_SECONDS,
     FILTER_SECONDS_SAVED,
@@ -128,6 +130,9 @@ def run_trial(
         with torch.no_grad():
             model.conv_weight.copy_(weights.view_as(model.conv_weight))
         curves.update({f"filters/{k}": v for k, v in filter_curves.items()})
+        metrics[FEATURE_SECONDS] = 0.0  # a resumed finished head (or a gated trial) never fetches its features
+        if filter_cache is not None:
+            metrics[FEATURES_CACHE_HIT] = 0
         gate = config.rule.min_converged
         if gate is not None:
             conv = filter_convergence(weights.detach().cpu(), config.rule.p, config.converge_tol)
@@ -143,13 +148,14 @@ def run_trial(
                 extra = {"convergence": conv, "input_shape": data.shape}
                 return TrialResult(config, metrics, curves, None, filters, extra)
             metrics[GATED] = 0
-        if filter_cache is not None:
-            metrics[FEATURES_CACHE_HIT] = 0  # a resumed finished head never fetches them
+        features: Callable[[], torch.Tensor | None]
+        if filter_cache is None or feature_cache_gb <= 0:
+            features = functools.partial(pool_features, model, x_train, config.head.batch_size)
+        else:
+            features = _shared_features(model, x_train, config, data.shape, filter_cache, feature_cache_gb, metrics)
         head_curves = fit_head(
             model, x_train, y_train, config.head, seed=seed, on_epoch=on_epoch, checkpoint=ckpt("head"), tag=tag,
-            features=None if filter_cache is None or feature_cache_gb <= 0 else _shared_features(
-                model, x_train, config, data.shape, filter_cache, feature_cache_gb, metrics
-            ),
+            features=_timed(features, metrics),
         )
         curves.update({f"head/{k}": v for k, v in head_curves.items()})
     else:
@@ -175,6 +181,18 @@ def run_trial(
         metrics.update(rob)
         extras["robustness"] = rob_extras
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
+
+
+def _timed(features: Callable[[], torch.Tensor | None], metrics: dict[str, Any]) -> Callable[[], torch.Tensor | None]:
+    """features() that records its seconds (computing or loading the pool outputs) as feature_seconds."""
+
+    def fetch() -> torch.Tensor | None:
+        start = time.perf_counter()
+        out = features()
+        metrics[FEATURE_SECONDS] = time.perf_counter() - start
+        return out
+
+    return fetch
 
 
 def _shared_features(

@@ -104,7 +104,7 @@ def test_quickstart_base_trial_reaches_90_percent(kind: str) -> None:
 def test_a_finished_head_resumes_without_recomputing_pool_features(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hebbrobust.train as train
+    import hebbrobust.trial as train  # run_trial's reference to train.pool_features
 
     calls: list[int] = []
     original = train.pool_features
