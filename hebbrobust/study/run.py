@@ -301,7 +301,6 @@ def _tuner(run: StudyRun, callbacks: list[Any]) -> Any:
     ctx = TrialContext(
         spec=spec, study_dir=str(run.study_dir), tracking=run.target, parent_run_id=run.parent, cpus=spec.resources.cpu,
         filter_cache=str(sd.filter_cache_dir(spec, run.study_dir)) if spec.filter_cache else None,
-        feature_cache_gb=spec.feature_cache_gb,
     )  # fmt: skip
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(run_study_trial, ctx=ctx), run.resources),

@@ -49,7 +49,6 @@ class TrialContext:
     parent_run_id: str
     cpus: float
     filter_cache: str | None = None  # shared filter-cache directory (issue 8); None: every trial trains its own
-    feature_cache_gb: float = 20.0  # bound on the pooled-feature cache under filter_cache (issue 18); 0: off
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -203,7 +202,7 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 on_epoch=on_epoch,
                 filter_cache=Path(ctx.filter_cache) if ctx.filter_cache else None,
                 checkpoint_dir=checkpoints,
-                feature_cache_gb=ctx.feature_cache_gb,
+                feature_cache_gb=spec.feature_cache_gb,
             )
             for key, values in result.curves.items():  # epochs the callback did not stream (resumed, cached)
                 for step, value in enumerate(values, start=1):  # epochs count from 1, as on_epoch's
