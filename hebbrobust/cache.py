@@ -177,7 +177,9 @@ def evict(froot: Path, max_bytes: float, keep: str = "") -> int:
     froot = Path(froot)
     removed = 0
     with FileLock(str(froot / ".evict.lock")):
-        entries = sorted((m.stat().st_mtime, m.parent) for m in froot.glob("*/meta.json"))
+        # complete entries only: a writer's .tmp- directory holds meta.json just before its rename
+        metas = [m for m in froot.glob("*/meta.json") if not m.parent.name.startswith(".")]
+        entries = sorted((m.stat().st_mtime, m.parent) for m in metas)
         total = sum((d / "features.npy").stat().st_size for _, d in entries)
         for _, d in entries:
             if total <= max_bytes:
@@ -228,7 +230,7 @@ def cached_features(
 def list_entries(root: Path) -> list[dict[str, Any]]:
     """One row per complete entry: key, size in bytes, age, training seconds and the key's content."""
     rows = []
-    for entry in sorted(Path(root).glob("*/meta.json")):
+    for entry in sorted(Path(root).glob("[!.]*/meta.json")):  # not a writer's .tmp- directory
         d = entry.parent
         meta = json.loads(entry.read_text())
         content = json.loads((d / "key.json").read_text())

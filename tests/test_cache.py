@@ -269,7 +269,7 @@ def test_killed_feature_writer_leaves_cache_loadable(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     froot = tmp_path / "features"
-    assert list(froot.glob(".tmp-*")) and not list(froot.glob("*/meta.json"))  # only the temporary directory
+    assert list(froot.glob(".tmp-*")) and not list(froot.glob("[!.]*/meta.json"))  # only the temporary directory
     value = torch.full((100, 4, 3, 3), 2.0, dtype=torch.float16)
     start = time.perf_counter()
     got = cached_features(tmp_path, _content(), lambda: value, nbytes=7200)
