@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hebbrobust.numeric import set_threads
+from hebbrobust.numeric import jit_pair, set_threads
 
 numba: Any
 try:
@@ -71,8 +71,7 @@ def _pool(h, pool, stride, out, idx, T):  # type: ignore[no-untyped-def]
 
 
 if numba is not None:
-    _compiled = numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)(_pool)
-    _serial = numba.njit(cache=True, boundscheck=False, nogil=True)(_pool)  # one thread, no pool (see _kernel)
+    _compiled, _serial = jit_pair(_pool, boundscheck=False, nogil=True)  # _serial: one thread, no pool (_kernel)
 
 
 def max_pool2d_with_indices(h: torch.Tensor, pool: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -317,6 +317,10 @@ class StudySpec(_Frozen):
     filter_cache_dir: Path | None = Field(
         None, description="filter cache directory (default <study dir>/filter-cache; shared storage on a cluster)"
     )
+    feature_cache_gb: float = Field(
+        20.0, ge=0, le=1e6, description="GB (1e9 bytes) of pooled head features kept in <filter cache>/features for "
+        "trials that share filters and pool, least recently used evicted; 0: off (only with filter_cache)",
+    )
 
     @property
     def seed_grid(self) -> tuple[int, int]:

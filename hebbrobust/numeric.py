@@ -3,6 +3,7 @@ package (numpy, pandas, torch and numba only), so no import runs back up.
 
 - `int_power_`: x**n in place by repeated squaring (models' activation, the Krotov rule's norm);
 - `set_threads`: numba's thread count for the calling thread (the rule's kernel, the max-pool);
+- `jit_pair`: a parallel and a serial numba build of one function, each with its own disk cache;
 - `pareto_front` / `pareto_rank`: take a DataFrame with one row per trial and a list of
   `(column, "max" | "min")` objectives. A row dominates another when it is at least as good in every
   objective and strictly better in one; equal rows do not dominate each other, so ties share a front.
@@ -11,7 +12,8 @@ package (numpy, pandas, torch and numba only), so no import runs back up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +49,27 @@ def set_threads(n: int) -> None:
     """Use at most n threads (and at most numba's pool) in the calling thread; nothing without numba."""
     if numba is not None:
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+def jit_pair(fn: Callable[..., Any], **options: Any) -> tuple[Any, Any]:
+    """(parallel, serial) numba builds of fn, compiled on first use and cached on disk.
+
+    Each is compiled from its own copy of fn, named fn_parallel and fn_serial: numba's disk cache keys an
+    entry by the function's qualified name, signature and bytecode, not by its compile flags, so two builds
+    of one function load each other's machine code. A one-thread trial's serial build then ran the parallel
+    one from the cache, which started numba's OpenMP pool and set the process's OpenMP thread count (torch's
+    too) to all cores."""
+
+    def renamed(suffix: str) -> Callable[..., Any]:
+        copy = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{suffix}", fn.__defaults__)
+        copy.__qualname__ = f"{fn.__qualname__}_{suffix}"
+        copy.__module__ = fn.__module__
+        return copy
+
+    return (
+        numba.njit(parallel=True, cache=True, **options)(renamed("parallel")),
+        numba.njit(cache=True, **options)(renamed("serial")),
+    )
 
 
 def _oriented(df: pd.DataFrame, objectives: Objectives) -> tuple[np.ndarray, np.ndarray]:

@@ -110,12 +110,20 @@ def fit_filters_local(
     return curves
 
 
-def _pool_features(model: HebbCNN, x: torch.Tensor, batch_size: int) -> torch.Tensor | None:
-    """Pool outputs of all of x, or None when they would not fit the cache budget."""
-    total = int(torch.tensor(model.feature_shape).prod()) * 4 * len(x)  # fp32 bytes
+def feature_dtype(model: HebbCNN, n: int) -> torch.dtype | None:
+    """The dtype pool outputs of n images are held in (fp32, fp16 when large), or None when they would
+    not fit the memory budget (the head then computes them batch by batch)."""
+    total = int(torch.tensor(model.feature_shape).prod()) * 4 * n  # fp32 bytes
     if total > 2 * FEATURE_CACHE_BYTES:
         return None
-    dtype = torch.float16 if total > FEATURE_CACHE_BYTES else torch.float32
+    return torch.float16 if total > FEATURE_CACHE_BYTES else torch.float32
+
+
+def pool_features(model: HebbCNN, x: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+    """Pool outputs of all of x in batches of batch_size, or None when they would not fit the budget."""
+    dtype = feature_dtype(model, len(x))
+    if dtype is None:
+        return None
     with torch.no_grad():
         return torch.cat([model.features(xb).to(dtype) for xb in x.split(batch_size)])
 
@@ -195,15 +203,17 @@ def fit_head(
     on_epoch: EpochCallback | None = None,
     checkpoint: Path | None = None,
     tag: str = "",
+    features: Callable[[], torch.Tensor | None] | None = None,
 ) -> dict[str, list[float]]:
     """Train the linear head on frozen filters. Pool outputs are computed once and cached
     (memory-bounded) on the first batch, so a resumed finished head skips them; sigma^n and the
-    head are trained on the cache."""
-    pool_features = functools.cache(lambda: _pool_features(model, x, cfg.batch_size))
+    head are trained on the cache. `features` (called once, on the first batch) may supply them
+    instead: pool_features(model, x, cfg.batch_size) or an equal copy (the shared feature cache)."""
+    all_features = functools.cache(features or (lambda: pool_features(model, x, cfg.batch_size)))
     buffers: dict[str, torch.Tensor] = {}
 
     def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cache = pool_features()
+        cache = all_features()
         h = _gather(cache, idx, buffers) if cache is not None else model.features(x[idx]).detach()
         out = model.classify(h, inplace=True)  # h is a fresh tensor or a buffer, no gradient flows to it
         return F.nll_loss(out, y[idx]), (out.argmax(1) == y[idx]).sum()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import torch
 
 from hebbrobust import plots
 from hebbrobust.audit import audit
-from hebbrobust.cache import cached_filters, filter_key, key_hash
+from hebbrobust.cache import FEATURE_CACHE_GB, cached_features, cached_filters, feature_key, filter_key, key_hash
 from hebbrobust.config import AttackConfig, TrialConfig
 from hebbrobust.data import load_dataset
 from hebbrobust.errors import SpecError, TrialError
@@ -22,6 +24,8 @@ from hebbrobust.evaluate import AUDIT_ATTACKS, clean_accuracy, evaluate_robustne
 from hebbrobust.fileio import atomic_write
 from hebbrobust.metrics import (
     CLEAN_ACC,
+    FEATURE_SECONDS,
+    FEATURES_CACHE_HIT,
     FILTER_SECONDS,
     FILTER_SECONDS_SAVED,
     FILTERS_CACHE_HIT,
@@ -34,7 +38,7 @@ from hebbrobust.metrics import (
 )
 from hebbrobust.models import HebbCNN
 from hebbrobust.rules import krotov
-from hebbrobust.train import EpochCallback, fit_backprop, fit_filters_local, fit_head
+from hebbrobust.train import EpochCallback, feature_dtype, fit_backprop, fit_filters_local, fit_head, pool_features
 
 CONVERGED_FRAC = "converged_frac"  # 1 - unconverged_frac of the filters, where rule.min_converged is set
 
@@ -74,6 +78,7 @@ def run_trial(
     *,
     filter_cache: Path | None = None,
     checkpoint_dir: Path | None = None,
+    feature_cache_gb: float = FEATURE_CACHE_GB,
 ) -> TrialResult:
     """Train and measure one model. Raises TrialError (with the reason) when it diverges.
 
@@ -81,7 +86,8 @@ def run_trial(
     the result then has metrics `gated` = 1 and `gated_reason`, no model and no clean accuracy.
 
     With `filter_cache` (a directory), local filters come from / go to the shared filter cache, so
-    trials that differ only in head settings train their filters once. With `checkpoint_dir`, every
+    trials that differ only in head settings train their filters once, and those that also share the pool
+    compute its outputs once (`<filter_cache>/features`, at most feature_cache_gb; 0: off). With `checkpoint_dir`, every
     training stage saves its state each epoch there, and a rerun of the same config resumes."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -127,6 +133,9 @@ def run_trial(
         with torch.no_grad():
             model.conv_weight.copy_(weights.view_as(model.conv_weight))
         curves.update({f"filters/{k}": v for k, v in filter_curves.items()})
+        metrics[FEATURE_SECONDS] = 0.0  # a resumed finished head (or a gated trial) never fetches its features
+        if filter_cache is not None:
+            metrics[FEATURES_CACHE_HIT] = 0
         gate = config.rule.min_converged
         if gate is not None:
             conv = filter_convergence(weights.detach().cpu(), config.rule.p, config.converge_tol)
@@ -142,8 +151,14 @@ def run_trial(
                 extra = {"convergence": conv, "input_shape": data.shape}
                 return TrialResult(config, metrics, curves, None, filters, extra)
             metrics[GATED] = 0
+        features: Callable[[], torch.Tensor | None]
+        if filter_cache is None or feature_cache_gb <= 0:
+            features = functools.partial(pool_features, model, x_train, config.head.batch_size)
+        else:
+            features = _shared_features(model, x_train, config, data.shape, filter_cache, feature_cache_gb, metrics)
         head_curves = fit_head(
-            model, x_train, y_train, config.head, seed=seed, on_epoch=on_epoch, checkpoint=ckpt("head"), tag=tag
+            model, x_train, y_train, config.head, seed=seed, on_epoch=on_epoch, checkpoint=ckpt("head"), tag=tag,
+            features=_timed(features, metrics),
         )
         curves.update({f"head/{k}": v for k, v in head_curves.items()})
     else:
@@ -176,6 +191,43 @@ def run_trial(
             extras["audit_x"] = x_test[: config.attack.n_images]
             metrics.update(aud)
     return TrialResult(config, metrics, curves, model.cpu(), filters, extras)
+
+
+def _timed(features: Callable[[], torch.Tensor | None], metrics: dict[str, Any]) -> Callable[[], torch.Tensor | None]:
+    """features() that records its seconds (computing or loading the pool outputs) as feature_seconds."""
+
+    def fetch() -> torch.Tensor | None:
+        start = time.perf_counter()
+        out = features()
+        metrics[FEATURE_SECONDS] = time.perf_counter() - start
+        return out
+
+    return fetch
+
+
+def _shared_features(
+    model: HebbCNN, x: torch.Tensor, config: TrialConfig, in_shape: tuple[int, int, int], root: Path, max_gb: float,
+    metrics: dict[str, Any],
+) -> Callable[[], torch.Tensor | None]:
+    """The head's pool outputs through the feature cache under `root`, fetched when the head first
+    needs them (a resumed finished head never does); records features_cache_hit in metrics."""
+
+    def fetch() -> torch.Tensor | None:
+        dtype = feature_dtype(model, len(x))
+        if dtype is None:  # over the memory budget: the head pools batch by batch
+            return None
+        content = feature_key(
+            filter_key(config, in_shape), pool=config.model.pool, stride=config.model.pool_stride, dtype=dtype,
+            batch_size=config.head.batch_size, device=x.device.type,
+        )
+        nbytes = len(x) * math.prod(model.feature_shape) * dtype.itemsize
+        got = cached_features(
+            root, content, lambda: pool_features(model, x, config.head.batch_size), nbytes=nbytes, max_gb=max_gb
+        )
+        metrics.update({FEATURES_CACHE_HIT: int(got.hit), "features_cache_key": got.key})
+        return None if got.features is None else got.features.to(x.device)
+
+    return fetch
 
 
 def _jsonable(value: Any) -> Any:

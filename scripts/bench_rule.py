@@ -1,6 +1,7 @@
 """Speed of the Krotov–Hopfield update on the thesis's CIFAR-10 shapes, against the machine's matmul.
 
     python scripts/bench_rule.py [--device cpu|cuda] [--quick]
+    python scripts/bench_rule.py --trial-epoch [--filters 400 --kernel 4 --images 2000 --threads 1]
 
 For F ∈ {400, 100} filters and w ∈ {4, 8} (C = 3, batches of 1000 random 32×32 images in [0, 1]) it
 times hebbrobust's `batch` update (one update from all B·P patches) and `position` update (one per
@@ -13,6 +14,10 @@ patch position, the thesis's semantics) and prints, side by side and measured in
 - the speed-up over (a) Krotov's rule restated in float64 numpy (dense: the full g matrix, two GEMMs)
   and (b) a straightforward per-position loop (dense torch krotov_delta + apply_update per position),
   all on identical tensors; "err" is the largest difference of our step from (a)'s, relative to the step.
+
+--trial-epoch: a trial's filter epoch (train.fit_filters_local, position semantics, float64 accumulation as a
+trial runs it) next to this bench's figure for the same shape (position updates x positions + patch extraction,
+per batch), measured alternately in one run, as process CPU seconds (robust on a shared machine) and wall.
 
 An epoch is 50 batches (CIFAR-10's 50 000 images). Position updates and the references are timed on a
 few positions or patches and extrapolated; the table says which.
@@ -218,8 +223,64 @@ def bench_shape(
     return rows
 
 
+def _cpu_and_wall(fn: Callable[[], object]) -> tuple[float, float]:
+    c, t = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - c, time.perf_counter() - t
+
+
+def trial_epoch(args: argparse.Namespace) -> None:
+    """A trial's filter epoch against the kernel's figure for the same shape, alternately, best of reps."""
+    from hebbrobust.config import RuleConfig
+    from hebbrobust.train import fit_filters_local
+
+    F_, w, B = args.filters, args.kernel, 1000
+    cfg = RuleConfig(p=args.p, k=args.k, delta=args.delta, semantics="position", lr=1e-3, epochs=1, batch_size=B)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(args.images, 3, 32, 32, generator=gen)
+    W0 = init_weights(F_, 3 * w * w, seed=0)
+    batches = args.images // B
+    patches = extract_patches(x[:B], w, args.p, position_major=True)
+    P = patches.shape[1]
+    kw = dict(p=args.p, k=args.k, delta=args.delta, lr=1e-3)
+    J = min(P, args.positions)
+    update_positions(W0.clone(), patches[:, :3], **kw)  # compile and warm
+    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in ("extract", "pos32", "pos64", "trial")}
+    for _ in range(args.reps):
+        rows["extract"].append(_cpu_and_wall(lambda: extract_patches(x[:B], w, args.p, position_major=True)))
+        cw = _cpu_and_wall(lambda: update_positions(W0.clone(), patches[:, :J], **kw))
+        rows["pos32"].append((cw[0] / J, cw[1] / J))
+        cw = _cpu_and_wall(lambda: update_positions(W0.clone(), patches[:, :J], **kw, master=W0.double()))
+        rows["pos64"].append((cw[0] / J, cw[1] / J))
+        cw = _cpu_and_wall(lambda: fit_filters_local(W0.clone(), x, cfg, kernel=w, tol=1e-5, seed=0))
+        rows["trial"].append((cw[0] / batches, cw[1] / batches))
+    best = {k: (min(c for c, _ in v), min(t for _, t in v)) for k, v in rows.items()}
+    print(f"trial filter epoch vs the kernel, F={F_} w={w} p={args.p} k={args.k}, {args.images} random images in "
+          f"batches of {B} ({P} positions), {torch.get_num_threads()} threads, best of {args.reps}; "
+          f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'per batch':<44}{'CPU s':>9}{'wall s':>9}")
+    for name, label, scale in [
+        ("extract", "patch extraction", 1), ("pos32", f"position updates float32 (x{P}, {J} timed)", P),
+        ("pos64", f"position updates float64 accumulation (x{P})", P),
+    ]:
+        print(f"{label:<44}{best[name][0] * scale:>9.3f}{best[name][1] * scale:>9.3f}")
+    bench = [best["extract"][i] + P * best["pos32"][i] for i in (0, 1)]
+    same = [best["extract"][i] + P * best["pos64"][i] for i in (0, 1)]
+    print(f"{'bench figure (extract + float32 updates)':<44}{bench[0]:>9.3f}{bench[1]:>9.3f}")
+    print(f"{'same, float64 accumulation':<44}{same[0]:>9.3f}{same[1]:>9.3f}")
+    print(f"{'trial: fit_filters_local, one epoch':<44}{best['trial'][0]:>9.3f}{best['trial'][1]:>9.3f}")
+    print(f"trial / bench figure: CPU {best['trial'][0] / bench[0]:.3f}, wall {best['trial'][1] / bench[1]:.3f}; "
+          f"trial / float64 kernel: CPU {best['trial'][0] / same[0]:.3f}, wall {best['trial'][1] / same[1]:.3f}  "
+          f"(x{BATCHES_PER_EPOCH} batches for a CIFAR-10 epoch)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trial-epoch", action="store_true", help="a trial's filter epoch next to the kernel's figure")
+    ap.add_argument("--filters", type=int, default=400, help="--trial-epoch: F")
+    ap.add_argument("--kernel", type=int, default=4, help="--trial-epoch: w")
+    ap.add_argument("--images", type=int, default=2000, help="--trial-epoch: images per epoch (batches of 1000)")
+    ap.add_argument("--reps", type=int, default=3, help="--trial-epoch: alternating repetitions")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="one repetition, fewer positions and reference patches")
     ap.add_argument("--p", type=float, default=4.0, help="Lebesgue power (thesis best: 4)")
@@ -227,6 +288,11 @@ def main() -> None:
     ap.add_argument("--delta", type=float, default=0.1, help="anti-Hebbian strength (thesis: 0.1)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     args = ap.parse_args()
+    if args.trial_epoch:
+        torch.set_num_threads(args.threads)
+        args.positions = 200
+        trial_epoch(args)
+        return
     args.positions = 20 if args.quick else 60
     args.loop_positions = 5 if args.quick else 15
     args.ref_patches = 30_000 if args.quick else 100_000

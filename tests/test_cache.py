@@ -7,12 +7,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_study import TINY_BASE, local_ray  # noqa: F401  (the study tests' tiny trial and real local Ray)
 
-from hebbrobust.cache import cached_filters, clear, filter_key, key_hash, list_entries
+from hebbrobust.cache import cached_features, cached_filters, clear, feature_key, filter_key, key_hash, list_entries
 from hebbrobust.config import TrialConfig, with_params
+from hebbrobust.data import load_dataset
 from hebbrobust.trial import run_trial
 
 SHAPE = (1, 8, 8)
@@ -174,3 +176,104 @@ def test_cache_list_without_a_directory_finds_the_studies_caches(tmp_path: Path)
     (tmp_path / "s2" / "study.json").write_text("{}")
     with pytest.raises(HebbrobustError, match="holds 2 studies"):
         find_study_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------- pooled-feature cache
+
+FEATURE_CFG = TrialConfig.model_validate({
+    "data": {"name": "digits", "train_size": 200, "test_size": 50},
+    "model": {"filters": 8, "kernel": 3, "pool": 2}, "rule": {"epochs": 1, "batch_size": 50},
+    "head": {"epochs": 2, "batch_size": 64}, "attack": {"enabled": False},
+})
+
+
+def _content(pool: int = 2) -> dict:  # type: ignore[type-arg]
+    return feature_key(
+        filter_key(TrialConfig(), SHAPE), pool=pool, stride=2, dtype=torch.float16, batch_size=64, device="cpu"
+    )
+
+
+def test_feature_key_covers_pool_not_head_activation() -> None:
+    base = FEATURE_CFG
+    assert key_hash(_content(2)) != key_hash(_content(3))
+    for head_only in ({"model.power": 4}, {"model.activation": "gelu"}, {"head.lr": 0.1}):
+        changed = with_params(base, head_only)
+        assert filter_key(changed, SHAPE) == filter_key(base, SHAPE), head_only  # the pool settings are the rest
+
+
+def test_cached_features_equal_fresh_ones_bit_for_bit(tmp_path: Path) -> None:
+    """A trial on cached features trains the same head as one that pools them itself."""
+    plain = run_trial(FEATURE_CFG)
+    miss = run_trial(FEATURE_CFG, filter_cache=tmp_path)
+    hit = run_trial(FEATURE_CFG, filter_cache=tmp_path)
+    other_head = run_trial(with_params(FEATURE_CFG, {"model.power": 3}), filter_cache=tmp_path)
+    other_pool = run_trial(with_params(FEATURE_CFG, {"model.pool": 3}), filter_cache=tmp_path)
+    assert [r.metrics["features_cache_hit"] for r in (miss, hit, other_head, other_pool)] == [0, 1, 1, 0]
+    for r in (miss, hit):
+        assert r.model is not None and plain.model is not None
+        assert torch.equal(r.model.head.weight, plain.model.head.weight)
+        assert r.metrics["clean_acc"] == plain.metrics["clean_acc"]
+    assert plain.model is not None
+    from hebbrobust.train import pool_features
+
+    entry = tmp_path / "features" / miss.metrics["features_cache_key"]
+    cached = torch.from_numpy(np.load(entry / "features.npy"))
+    fresh = pool_features(plain.model, load_dataset(FEATURE_CFG.data).x_train, FEATURE_CFG.head.batch_size)
+    assert fresh is not None and cached.dtype == fresh.dtype and torch.equal(cached, fresh)
+
+
+def test_eviction_keeps_the_bound(tmp_path: Path) -> None:
+    one = torch.arange(250_000, dtype=torch.float32).view(1000, 250)  # 1 MB
+    keys = []
+    for pool in range(1, 6):
+        got = cached_features(tmp_path, _content(pool), lambda: one, nbytes=one.numel() * 4, max_gb=2.5e-3)
+        keys.append(got.key)
+        assert torch.equal(got.features, one)  # type: ignore[arg-type]
+        time.sleep(0.02)  # distinct mtimes
+        left = {m.parent.name for m in (tmp_path / "features").glob("*/meta.json")}
+        if pool == 2:  # a hit refreshes the first entry's last use: it outlives the second
+            assert cached_features(tmp_path, _content(1), lambda: one, nbytes=4_000_000, max_gb=2.5e-3).hit
+            time.sleep(0.02)
+        if pool == 3:
+            assert left == {keys[0], keys[2]}
+    total = sum(f.stat().st_size for f in (tmp_path / "features").glob("*/features.npy"))
+    assert total <= 2.5e6 and left == {keys[4], keys[3]}
+    # too big for the bound alone: computed, not stored
+    got = cached_features(tmp_path, _content(7), lambda: one, nbytes=one.numel() * 4, max_gb=1e-4)
+    assert not got.hit and not (tmp_path / "features" / got.key).exists()
+    assert clear(tmp_path) >= 2 and not list((tmp_path / "features").glob("*/meta.json"))
+
+
+_FEATURE_WRITER = textwrap.dedent(
+    """
+    import sys, time, numpy as np, torch
+    import hebbrobust.cache as cache
+    from hebbrobust.config import TrialConfig
+    root = sys.argv[1]
+    real_fsync = cache._fsync
+    def slow_fsync(path):
+        real_fsync(path)
+        print("writing", flush=True)
+        time.sleep(60)
+    cache._fsync = slow_fsync
+    content = cache.feature_key(cache.filter_key(TrialConfig(), (1, 8, 8)), pool=2, stride=2,
+                                dtype=torch.float16, batch_size=64, device="cpu")
+    cache.cached_features(root, content, lambda: torch.ones(100, 4, 3, 3, dtype=torch.float16), nbytes=7200)
+    """
+)
+
+
+def test_killed_feature_writer_leaves_cache_loadable(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _FEATURE_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"  # features.npy on disk
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    froot = tmp_path / "features"
+    assert list(froot.glob(".tmp-*")) and not list(froot.glob("[!.]*/meta.json"))  # only the temporary directory
+    value = torch.full((100, 4, 3, 3), 2.0, dtype=torch.float16)
+    start = time.perf_counter()
+    got = cached_features(tmp_path, _content(), lambda: value, nbytes=7200)
+    assert not got.hit and time.perf_counter() - start < 30  # the killed writer's lock was released
+    assert not list(froot.glob(".tmp-*"))  # its leftover is gone
+    again = cached_features(tmp_path, _content(), lambda: value * 0, nbytes=7200)
+    assert again.hit and again.features is not None and torch.equal(again.features, value)

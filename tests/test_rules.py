@@ -440,3 +440,39 @@ def test_krotov_module_is_a_local_rule() -> None:
     W, V = random_problem(6, 5, 10, 3.0, seed=0)
     cfg = RuleConfig(p=3.0, k=3, delta=0.2)
     assert torch.equal(krotov.delta(W, V, cfg), krotov_delta(W, V, p=3.0, k=3, delta=0.2))
+
+
+_SERIAL_PROBE = """
+import numpy as np, numba, torch
+torch.set_num_threads(1)
+from hebbrobust import _maxpool
+from hebbrobust.rules import _kernel
+I, V = np.random.rand(64, 400).astype(np.float32), np.random.rand(64, 48).astype(np.float32)
+H = np.zeros((400, 48), np.float32)
+h = torch.rand(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+if WARM:  # both builds compiled and cached on disk, the parallel one first
+    torch.set_num_threads(2)
+    _kernel.rank_and_add(I, V, 5, 0.1, H, 2)
+    _maxpool.max_pool2d_with_indices(h, 2, 2)
+    torch.set_num_threads(1)
+_kernel.rank_and_add(I, V, 5, 0.1, H, 1)
+_maxpool.max_pool2d_with_indices(h, 2, 2)
+try:
+    print(numba.threading_layer(), torch.get_num_threads())
+except ValueError:  # "Threading layer is not initialized"
+    print("no-pool", torch.get_num_threads())
+"""
+
+
+def test_serial_builds_never_start_numbas_pool_even_from_a_warm_cache() -> None:
+    """numba's disk cache keys builds by name and bytecode, not flags: a serial build named like the
+    parallel one loaded its machine code from the cache, started the OpenMP pool and set torch to all cores."""
+    import subprocess
+    import sys
+
+    for warm in (True, False):  # the second process finds both builds in the cache
+        out = subprocess.run(
+            [sys.executable, "-c", f"WARM = {warm}\n" + _SERIAL_PROBE], capture_output=True, text=True, check=True
+        ).stdout.split()
+        if not warm:
+            assert out == ["no-pool", "1"], out

@@ -104,16 +104,16 @@ def test_quickstart_base_trial_reaches_90_percent(kind: str) -> None:
 def test_a_finished_head_resumes_without_recomputing_pool_features(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hebbrobust.train as train
+    import hebbrobust.trial as train  # run_trial's reference to train.pool_features
 
     calls: list[int] = []
-    original = train._pool_features
+    original = train.pool_features
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_pool_features", counting)
+    monkeypatch.setattr(train, "pool_features", counting)
     first = run_trial(TINY, checkpoint_dir=tmp_path)
     assert calls == [1]
     again = run_trial(TINY, checkpoint_dir=tmp_path)  # every stage is checkpointed as finished

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hebbrobust.numeric import set_threads
+from hebbrobust.numeric import jit_pair, set_threads
 
 numba: Any
 try:
@@ -141,14 +141,13 @@ if numba is not None:
     # compiled on first use and cached on disk (__pycache__, or numba's user cache dir when that is
     # read-only); no fastmath: the sums stay IEEE, and a NaN would not be silently reordered; numpy's
     # error model: no Python-style checks around integer division
-    _compiled = numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")(
-        _rank_and_add
-    )
     # One thread: the same code compiled without the OpenMP pool (prange runs as range: same sums), and
     # numba's thread API left alone. Every numba.get/set_num_threads call wakes the pool, whose workers
     # then spin: a one-CPU trial's spinning worker took a core from its own torch ops and from the
     # concurrent trial's (quickstart attacks 2-10x slower after the rule or the pool had run).
-    _serial = numba.njit(cache=True, boundscheck=False, nogil=True, error_model="numpy")(_rank_and_add)
+    # numeric.jit_pair compiles the two from differently named copies: numba's disk cache does not tell
+    # builds of one function apart by their flags, and the serial one had run the cached parallel code.
+    _compiled, _serial = jit_pair(_rank_and_add, boundscheck=False, nogil=True, error_model="numpy")
 
 
 def unit_major(units: int) -> bool:

@@ -225,7 +225,8 @@ def trial_metric_names(
 
     names = {ev.CLEAN_ACC, ev.UNCONVERGED_FRAC, ev.UNCONVERGED_FRAC_NORM_ONLY, ev.TRAIN_SECONDS, "n_train", "n_test"}
     if config.model.kind == "local":
-        names |= {"filter_seconds"} | ({"filters_cache_hit", "filter_seconds_saved"} if filter_cache else set())
+        cached = {"filters_cache_hit", "filter_seconds_saved", "features_cache_hit"}
+        names |= {"filter_seconds", "feature_seconds"} | (cached if filter_cache else set())
         if config.rule.min_converged is not None:
             names |= {tr.GATED, tr.CONVERGED_FRAC}
     if config.attack.enabled:

@@ -202,6 +202,7 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 on_epoch=on_epoch,
                 filter_cache=Path(ctx.filter_cache) if ctx.filter_cache else None,
                 checkpoint_dir=checkpoints,
+                feature_cache_gb=spec.feature_cache_gb,
             )
             for key, values in result.curves.items():  # epochs the callback did not stream (resumed, cached)
                 for step, value in enumerate(values, start=1):  # epochs count from 1, as on_epoch's
