@@ -55,6 +55,8 @@ class CacheOutcome:
 def filter_key(config: TrialConfig, in_shape: tuple[int, int, int]) -> dict[str, Any]:
     """The readable content that determines a trial's local filters."""
     data = config.data.model_dump(mode="json", exclude={"cache_dir"})
+    if not data.get("val_fraction"):  # no validation split: the key of every entry cached before it existed
+        data.pop("val_fraction", None)
     if data.get("path"):
         data["path"] = str(Path(data["path"]).expanduser().resolve())
     return {

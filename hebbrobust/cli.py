@@ -219,15 +219,15 @@ class StudyBar:
 
     def __call__(self, p: Any) -> None:
         best = "  ".join(f"{k}={v:.4g}" for k, v in p.best.items() if v is not None)
-        text = (
-            f"{p.name}: {p.running} running  {p.failed} failed  {getattr(p, 'gated', 0)} gated  "
-            f"{p.cache_hits} filter-cache hits  best {best}"
-        )
+        stopped = getattr(p, "stopped", 0)
+        text = f"{p.name}: {p.running} running  {p.failed} failed  {getattr(p, 'gated', 0)} gated  "
+        text += (f"{stopped} stopped  " if stopped else "") + f"{p.cache_hits} filter-cache hits  best {best}"
+        ended = p.done + p.failed + stopped
         if self.task is None:
             self.task = self.progress.add_task(text, total=p.total)
-        self.progress.update(self.task, completed=p.done + p.failed, description=text)
+        self.progress.update(self.task, completed=ended, description=text)
         if not self.progress.console.is_terminal:
-            self.progress.console.print(f"{p.done + p.failed}/{p.total} done  {text}", highlight=False)
+            self.progress.console.print(f"{ended}/{p.total} done  {text}", highlight=False)
 
 
 def _print_outcome(outcome: Any) -> None:
@@ -243,7 +243,8 @@ def _print_outcome(outcome: Any) -> None:
     c = outcome.counts
     out.print(
         f"trials: {c.get('finished', 0)} finished, {c.get('gated', 0)} gated, {c.get('failed', 0)} failed, "
-        f"{c.get('unfinished', 0)} unfinished"
+        + (f"{c['stopped']} stopped at a rung, " if c.get("stopped") else "")
+        + f"{c.get('unfinished', 0)} unfinished; front hypervolume {getattr(outcome, 'hypervolume', 0.0):.4g}"
         + (f"; wall {outcome.wall_seconds:.0f} s" if outcome.wall_seconds else "")
     )
     r = getattr(outcome, "resumed", None)
@@ -407,6 +408,31 @@ def study_transfer(
                               on_step=EpochBar(progress))  # fmt: skip
     _print_matrix(done.table, eps)
     out.print(f"wrote {', '.join(str(p) for p in done.files.values())}")
+@study_app.command("compare")
+@friendly
+def study_compare(
+    studies: Annotated[list[str], typer.Argument(help="two or more study names or directories")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where the comparison is written")],
+    storage: StorageOpt = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="read the runs from this MLflow store (default: each study's)")
+    ] = None,
+) -> None:
+    """Fronts overlaid, hypervolume histories side by side and a table of the studies (HTML/MD/CSV, MLflow)."""
+    from hebbrobust.compare import compare_studies
+    from hebbrobust.study import find_study_dir
+
+    c = compare_studies([find_study_dir(s, storage) for s in studies], out_dir, tracking_uri=tracking_uri)
+    table = Table(title="study comparison")
+    cols = [col for col in c.table.columns if col not in ("planned",)]
+    for col in cols:
+        table.add_column(col)
+    for _, row in c.table[cols].iterrows():
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)
+    out.print(f"wrote {len(c.files)} files to {c.out_dir}; open {c.out_dir / 'compare.html'}")
+    if c.run_id:
+        out.print(f"logged to MLflow run {c.run_id} (experiment hebbrobust-compare, {c.tracking_uri})")
 
 
 # --------------------------------------------------------------------------- cache

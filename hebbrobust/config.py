@@ -38,6 +38,11 @@ class DataConfig(_Frozen):
     )
     train_size: int | None = Field(None, ge=1, description="use a seeded subset of this many training images")
     test_size: int | None = Field(None, ge=1, description="use a seeded subset of this many test images")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1,
+        description="share of the training images held out as a fixed seeded validation split, never "
+        "trained on and disjoint from the test set; MOASHA's rungs are measured on it. 0: none",
+    )  # fmt: skip
     cache_dir: Path | None = Field(
         None, description="where decoded arrays are cached (default ~/.cache/hebbrobust/data)"
     )
@@ -257,12 +262,40 @@ Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discrimina
 class Objective(_Frozen):
     metric: str = Field(description="a metric name from the trial's metrics.json")
     mode: Literal["max", "min"] = "max"
+    ref: float | None = Field(
+        None,
+        description="hypervolume reference value, in the metric's units (default: 0 when maximised, "
+        "every maximised metric being >= 0; 1 when minimised, for fractions); see hebbrobust/hypervolume.py",
+    )
 
 
 class SamplerConfig(_Frozen):
     name: Literal["tpe", "nsga2", "nsga3", "gp", "random", "grid"] = "tpe"
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="sampler seed (None: random; numpy needs < 2^32)")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the Optuna sampler")
+
+
+class SchedulerConfig(_Frozen):
+    """How Ray Tune schedules trials: fifo runs each to the end; moasha (multi-objective asynchronous
+    successive halving, hebbrobust/study/moasha.py) stops trials dominated at a rung."""
+
+    name: Literal["fifo", "moasha"] = Field("fifo", description="fifo: every trial runs to the end")
+    rungs: tuple[float, ...] = Field(
+        (1 / 9, 1 / 3),
+        description="moasha: fractions of a trial's epochs (filter and head epochs of a local trial, epochs "
+        "of a backprop one) at which it reports its objectives on the validation split and may be stopped",
+    )
+    reduction: float = Field(3.0, gt=1, le=100, description="moasha: a rung keeps the best 1/reduction of its trials")
+    rung_images: int = Field(
+        100, ge=1, le=100_000, description="moasha: validation images attacked at a rung (a small fixed subset)"
+    )
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < r < 1 for r in v) or list(v) != sorted(set(v)):
+            raise ValueError("must be a non-empty increasing list of fractions in (0, 1)")
+        return v
 
 
 class Resources(_Frozen):
@@ -295,6 +328,7 @@ class StudySpec(_Frozen):
         min_length=1,
     )
     sampler: SamplerConfig = SamplerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     num_trials: int = Field(8, ge=1, le=1_000_000)
     max_concurrent: int = Field(2, ge=1, le=10_000)
     by_kind: dict[Literal["local", "backprop"], dict[str, Any]] = Field(
@@ -331,6 +365,14 @@ class StudySpec(_Frozen):
     def n_seeds(self) -> int:
         a, b = self.seed_grid
         return a * b
+    @model_validator(mode="after")
+    def _moasha_needs_validation(self) -> StudySpec:
+        if self.scheduler.name == "moasha" and self.base.data.val_fraction <= 0:
+            raise ValueError(
+                "scheduler moasha measures rungs on a validation split of the training data: "
+                "set base.data.val_fraction (e.g. 0.2)"
+            )
+        return self
 
     @field_validator("space", mode="before")
     @classmethod

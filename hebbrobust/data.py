@@ -13,7 +13,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from hebbrobust.config import DataConfig
 from hebbrobust.errors import DataError
 
 SUBSET_SEED = 0  # subsets are fixed across trial seeds, so seeds vary only the training
+VAL_SEED = 1  # the validation split is fixed too (and drawn apart from the subset's permutation)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
@@ -34,6 +35,9 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: tuple[str, ...]
+    # the validation split: training images held out (data.val_fraction), never trained on; empty without
+    x_val: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    y_val: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -161,9 +165,12 @@ def _subset(n: int, size: int | None) -> np.ndarray:
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """The data set `cfg` names, as float32 tensors in [0, 1], optionally a fixed seeded subset."""
+    """The data set `cfg` names, as float32 tensors in [0, 1], optionally a fixed seeded subset.
+    With `cfg.val_fraction`, that share of the (subset of the) training images becomes the validation
+    split, drawn from the training images only (so disjoint from the test set) and left out of training."""
     xtr, ytr, xte, yte, classes = LOADERS[cfg.name](cfg)
     tr, te = _subset(len(xtr), cfg.train_size), _subset(len(xte), cfg.test_size)
+    tr, va = split_validation(tr, cfg.val_fraction)
     return Dataset(
         name=cfg.name,
         x_train=_to_float(xtr[tr]),
@@ -171,4 +178,16 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         x_test=_to_float(xte[te]),
         y_test=torch.from_numpy(yte[te]),
         classes=classes,
+        x_val=_to_float(xtr[va]),
+        y_val=torch.from_numpy(ytr[va]),
     )
+
+
+def split_validation(train: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, validation indices) from the training indices `train`: a fixed seeded
+    `fraction` of them (at least one when fraction > 0) held out; both sorted, disjoint."""
+    n_val = min(len(train) - 1, max(1, round(fraction * len(train)))) if fraction > 0 else 0
+    if n_val <= 0:
+        return train, train[:0]
+    order = np.random.default_rng(VAL_SEED).permutation(len(train))
+    return np.sort(train[order[n_val:]]), np.sort(train[order[:n_val]])

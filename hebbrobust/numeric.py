@@ -4,6 +4,7 @@ package (numpy, pandas, torch and numba only), so no import runs back up.
 - `int_power_`: x**n in place by repeated squaring (models' activation, the Krotov rule's norm);
 - `set_threads`: numba's thread count for the calling thread (the rule's kernel, the max-pool);
 - `jit_pair`: a parallel and a serial numba build of one function, each with its own disk cache;
+- `dominated_by`: which points of one set another set dominates (both already maximised);
 - `pareto_front` / `pareto_rank`: take a DataFrame with one row per trial and a list of
   `(column, "max" | "min")` objectives. A row dominates another when it is at least as good in every
   objective and strictly better in one; equal rows do not dominate each other, so ties share a front.
@@ -89,17 +90,21 @@ def _oriented(df: pd.DataFrame, objectives: Objectives) -> tuple[np.ndarray, np.
     return values, valid
 
 
-def _non_dominated(values: np.ndarray) -> np.ndarray:
-    """Mask of the rows of `values` (n, m; maximised, no NaN) that no other row dominates."""
-    n = len(values)
-    keep = np.ones(n, dtype=bool)
-    for start in range(0, n, _CHUNK):
+def dominated_by(values: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Mask of the rows of `values` (n, m; maximised, no NaN) that some row of `others` (k, m) dominates."""
+    out = np.zeros(len(values), dtype=bool)
+    for start in range(0, len(values), _CHUNK):
         block = values[start : start + _CHUNK]  # (c, m)
         # others[j] dominates block[i]: all(others >= block) and any(others > block)
-        ge = np.all(values[None, :, :] >= block[:, None, :], axis=2)  # (c, n)
-        gt = np.any(values[None, :, :] > block[:, None, :], axis=2)
-        keep[start : start + len(block)] = ~np.any(ge & gt, axis=1)
-    return keep
+        ge = np.all(others[None, :, :] >= block[:, None, :], axis=2)  # (c, k)
+        gt = np.any(others[None, :, :] > block[:, None, :], axis=2)
+        out[start : start + len(block)] = np.any(ge & gt, axis=1)
+    return out
+
+
+def _non_dominated(values: np.ndarray) -> np.ndarray:
+    """Mask of the rows of `values` (n, m; maximised, no NaN) that no other row dominates."""
+    return ~dominated_by(values, values)
 
 
 def pareto_front(df: pd.DataFrame, objectives: Objectives) -> pd.Series:

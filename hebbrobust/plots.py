@@ -373,3 +373,60 @@ def image_panels(images: list[np.ndarray], titles: list[str], *, cols: int = 4, 
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def hypervolume_history(histories: dict[str, pd.DataFrame], *, title: str = "") -> Figure:
+    """Hypervolume of the front so far against trials ended (left) and summed trial hours (right),
+    one line per study; each history has columns trial, hours, hypervolume (hypervolume.history)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2), layout="constrained", sharey=True)
+    for name, hist in histories.items():
+        left.step(hist["trial"], hist["hypervolume"], where="post", label=f"{name} ({len(hist)} trials)")
+        right.step(hist["hours"], hist["hypervolume"], where="post", label=name)
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("trials ended")
+    right.set_xlabel("summed trial hours")
+    left.set_ylabel("hypervolume of the front")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def fronts_overlay(
+    trials: dict[str, dict[str, pd.DataFrame]],
+    fronts: dict[str, dict[str, pd.DataFrame]],
+    *,
+    y: str,
+    x: str | None,
+    x_mode: str = "max",
+    title: str = "",
+) -> Figure:
+    """One panel per model kind (`trials[kind][study]`, `fronts[kind][study]`): each study's trials
+    as faint dots and its front as a staircase in the study's colour (`y` against trial order
+    when `x` is None)."""
+    kinds = list(fronts)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 4.8), layout="constrained", squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for i, (study, front) in enumerate(fronts[kind].items()):
+            colour = colours[i % len(colours)]
+            df = trials[kind][study]
+            xs = _numbers(df[x]) if x is not None else np.arange(len(df), dtype=float)
+            ax.scatter(xs, _numbers(df[y]), s=14, alpha=0.3, color=colour)
+            fx = _numbers(front[x]) if x is not None else np.arange(len(front), dtype=float)
+            fy = _numbers(front[y])
+            order = np.argsort(fx, kind="stable")
+            ax.scatter(fx[order], fy[order], s=40, color=colour, edgecolors="black", lw=0.6,
+                       label=f"{study}: front {len(front)} of {len(df)}")  # fmt: skip
+            if x is not None and len(fx) > 1:
+                ax.step(fx[order], fy[order], where="pre" if x_mode == "max" else "post", color=colour, lw=1.4)
+        ax.set_title(kind if kind != "all" else "all trials", fontsize=10)
+        ax.set_xlabel(x if x is not None else "trial")
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,6 +1,7 @@
 """A report's page, rendered: the jinja2 templates in hebbrobust/templates (report.html.j2: one
 self-contained page, images as data URIs; report.md.j2: Markdown linking the PNG files) fed
-from a `report.Report`. Tables are pandas' own `to_html` (HTML) or a plain pipe table (Markdown)."""
+from a `report.Report`; a study comparison's (compare.html.j2, compare.md.j2) from a
+`compare.Comparison`. Tables are pandas' own `to_html` (HTML) or a plain pipe table (Markdown)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import html
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -20,6 +22,7 @@ from hebbrobust.study.record import KIND
 from hebbrobust.tracking import experiment_url, mlflow_run_url
 
 if TYPE_CHECKING:
+    from hebbrobust.compare import Comparison
     from hebbrobust.report import Report
 
 FORMATS = ("html", "md")
@@ -108,15 +111,37 @@ def _md_table(urls: dict[str, str | None]) -> Callable[..., str]:
     return table
 
 
+def _image(out_dir: Path, html_page: bool) -> Callable[[str], str]:
+    """A figure's src: a data URI (HTML, self-contained) or the file's name (Markdown)."""
+
+    def image(name: str) -> str:
+        if not html_page:
+            return name
+        return "data:image/png;base64," + base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
+
+    return image
+
+
+def compare_page(c: Comparison, fmt_name: str) -> str:
+    """The study comparison page in `fmt_name` ("html" or "md")."""
+    html_page = fmt_name == "html"
+    shares = [col for col in c.table.columns if col.startswith("dominated_by_")]
+    cols = ["study", "sampler", "scheduler", "trials", "finished", "stopped", "failed", "hours", "hypervolume",
+            "front", *shares]  # fmt: skip
+    return _ENV.get_template(f"compare.{fmt_name}.j2").render(
+        c=c, cols=cols, generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        best=c.table.loc[c.table["hypervolume"].idxmax(), "study"] if len(c.table) else "?",
+        table=_html_table({}) if html_page else _md_table({}), image=_image(c.out_dir, html_page),
+        dominance=c.dominance.reset_index(), dominance_cols=["front of", *c.dominance.columns],
+    )  # fmt: skip
+
+
 def page(r: Report, fmt_name: str) -> str:
     """The report page in `fmt_name` ("html" or "md")."""
     target, study = r.study.target, r.study
     urls = {str(run): mlflow_run_url(target.uri, target.experiment_id, str(run)) for run in r.trials.get("run_id", [])}
     html_page = fmt_name == "html"
-
-    def image(name: str) -> str:
-        data = base64.b64encode((r.out_dir / name).read_bytes()).decode("ascii")
-        return f"data:image/png;base64,{data}" if html_page else name
+    image = _image(r.out_dir, html_page)
 
     return _ENV.get_template(f"report.{fmt_name}.j2").render(
         r=r, study=study, spec=study.spec, c=r.counts, names=[m for m, _ in study.objectives],

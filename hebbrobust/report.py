@@ -6,7 +6,8 @@ and figures (plots.py draws them) and hands the page to `render` (jinja2 templat
 `build_report(study_dir)` writes to `<study_dir>/report/` (or `out_dir`):
   trials.csv (the finished trials), correlations.csv (with bootstrap 95% intervals), values.csv (per
   searched value and model kind: count, mean and max clean accuracy, mean R), importance.csv;
-  pareto.png, importance.png, effects.png, unconverged.png, accuracy_vs_R.png, converged.png;
+  pareto.png, importance.png, effects.png, unconverged.png, accuracy_vs_R.png, converged.png,
+  hypervolume.png (the front's hypervolume as the trials ended);
   filters/ (the front's filter grids: one composite, plus a copy each); after `study audit`:
   audit.csv (ours vs worst case per ε), masking/ (the images behind each masking warning);
   adversarial/ (each front member's minimal-radius twins); after `study transfer`: transfer/ (the
@@ -420,8 +421,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _figures(r: Report) -> dict[str, Path]:
-    """pareto.png, importance.png, effects.png and (when reported) unconverged.png and the population
-    figures."""
+    """pareto.png, hypervolume.png, importance.png, effects.png and (when reported) unconverged.png and
+    the population figures."""
     from hebbrobust import plots
 
     study, table, objectives = r.study, r.trials, r.study.objectives
@@ -431,7 +432,9 @@ def _figures(r: Report) -> dict[str, Path]:
     title = f"{study.name}: {r.counts['finished']} finished trials, {int(table['pareto'].sum())} on the Pareto front"
     title += f" of {len(objectives)} objectives (first two shown)" if len(objectives) > 2 else ""
     rated = f"Hyperparameter importance: {EVALUATOR}, {render.rated_trials(r)} finished trials"
+    hv_title = f"{study.name}: hypervolume of the front so far (reference point: {study.reference_text})"
     figures = {
+        "hypervolume.png": plots.hypervolume_history({study.name: study.hypervolume_history}, title=hv_title),
         "pareto.png": plots.pareto_scatter(table, y=y_name, x=x_name, x_mode=x_mode, front="pareto", kind=KIND,
                                            step=len(objectives) == 2, title=title),
         "importance.png": plots.importance_bars(_kind_labelled(r.importance), names, title=rated),

@@ -53,6 +53,7 @@ TRAINING_KIND = "custom_model_development"  # training runs (not the GenAI overv
 GATED_TAG = "hebbrobust.gated"  # on a FINISHED trial run stopped by rule.min_converged: why (Optuna: PRUNED)
 NODE_TAG = "hebbrobust.node_id"  # the Ray node a trial attempt ran on
 HOST_TAG = "hebbrobust.host"  # hostname:pid of the worker process
+STOPPED_TAG = "hebbrobust.stopped_at_rung"  # a trial the scheduler (MOASHA) stopped: the rung index
 NONE_TAG_PREFIX = "hebbrobust.none."
 TEXT_TAG_PREFIX = "hebbrobust.text."
 
@@ -261,6 +262,29 @@ def start_parent_run(
     return run_id
 
 
+def log_run(
+    target: TrackingTarget,
+    name: str,
+    *,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    tags: Mapping[str, str],
+    files: Mapping[str, Path],
+) -> str:
+    """A finished run of its own (e.g. a study comparison) with params, metrics, tags and files; its id."""
+    client = target.client()
+    out, more_tags, _ = split_metrics(metrics)
+    try:
+        run = client.create_run(target.experiment_id, run_name=name, tags=dict(tags))
+        client.log_batch(run.info.run_id, metrics=out, params=_params(params), tags=more_tags)
+        for path in files.values():
+            client.log_artifact(run.info.run_id, str(path))
+        client.set_terminated(run.info.run_id, status="FINISHED")
+    except MlflowException as e:
+        raise _fail(f"cannot log run {name!r}", target.uri, e) from None
+    return str(run.info.run_id)
+
+
 def set_run_status(target: TrackingTarget, run_id: str, status: str) -> None:
     """RUNNING (a resumed study) or a terminal status: FINISHED, FAILED, KILLED."""
     client = target.client()
@@ -281,10 +305,12 @@ def close_stale_runs(
     reason: str,
     trial_id: str | None = None,
     started_before_ms: int | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Closes the children of `parent_run_id` still marked RUNNING (their driver or worker is gone:
-    before a resume, after a worker died) with `status` and the reason tag; only trial `trial_id`'s
-    runs, and only runs started before `started_before_ms` (epoch ms), when given. Returns their ids."""
+    before a resume, after a worker died, after the scheduler stopped the trial) with `status`, the
+    reason tag and `tags`; only trial `trial_id`'s runs, and only runs started before
+    `started_before_ms` (epoch ms), when given. Returns their ids."""
     client = target.client()
     closed = []
     where = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
@@ -295,6 +321,8 @@ def close_stale_runs(
     try:
         for run in client.search_runs([target.experiment_id], filter_string=where, max_results=10_000):
             client.set_tag(run.info.run_id, REASON_TAG, reason)
+            for key, value in (tags or {}).items():
+                client.set_tag(run.info.run_id, key, value)
             client.set_terminated(run.info.run_id, status=status)
             closed.append(run.info.run_id)
     except MlflowException as e:
@@ -404,6 +432,14 @@ class TrialRun:
     def finish(self, tags: Mapping[str, str] | None = None) -> None:
         self._close("FINISHED", tags)
 
+    def stopped(self, rung: int, reason: str) -> None:
+        """KILLED: the scheduler stopped the trial at `rung` (tag STOPPED_TAG); no traceback, it did not fail."""
+        try:
+            self.flush()
+        except MlflowException:
+            self._pending = []
+        self._close("KILLED", {REASON_TAG: reason, STOPPED_TAG: str(rung)})
+
     def fail(self, reason: str, traceback_text: str | None = None, *, status: str = "FAILED") -> None:
         """FAILED (or KILLED), with the reason as a tag and the traceback as the artifact traceback.txt."""
         try:
@@ -447,6 +483,8 @@ def _trial_row(run: Any) -> dict[str, Any]:
     row.setdefault("model.kind", run.data.params.get("model.kind"))
     if GATED_TAG in tags:
         row[GATED_REASON] = tags[GATED_TAG]
+    if tags.get(STOPPED_TAG, "").isdigit():  # the column exists once the scheduler stopped a trial
+        row["stopped_at_rung"] = int(tags[STOPPED_TAG])
     for key, value in run.data.metrics.items():
         name = names.get(key, key)
         if "/" not in name:

@@ -18,7 +18,7 @@ from hebbrobust import plots
 from hebbrobust.audit import audit
 from hebbrobust.cache import FEATURE_CACHE_GB, cached_features, cached_filters, feature_key, filter_key, key_hash
 from hebbrobust.config import AttackConfig, TrialConfig
-from hebbrobust.data import load_dataset
+from hebbrobust.data import Dataset, load_dataset
 from hebbrobust.errors import SpecError, TrialError
 from hebbrobust.evaluate import AUDIT_ATTACKS, clean_accuracy, evaluate_robustness, filter_convergence
 from hebbrobust.fileio import atomic_write
@@ -45,6 +45,32 @@ CONVERGED_FRAC = "converged_frac"  # 1 - unconverged_frac of the filters, where 
 # on_epoch(stage, epoch, total_epochs, metrics): stage is "filters", "head" or "backprop";
 # metrics hold that epoch's numbers (e.g. loss, unconverged_frac, lr). Attacks report as stage
 # "attacks" with empty metrics: (batch, eps) steps of the grid, the masking checks, radius batches.
+# on_rung(index, fraction, metrics): rung `index` (at `fraction` of the trial's epochs) measured on the
+# validation split; the study's scheduler may stop the trial there (the call then never returns)
+RungCallback = Callable[[int, float, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RungPlan:
+    """Where a trial reports cheaply on its way (multi-fidelity scheduling, e.g. MOASHA).
+
+    Rung r (a fraction in (0, 1)) is reached after ceil(r * E) of a stage's E epochs: the filter
+    epochs of a local trial (rule.epochs; the head, not trained yet, is then a probe head trained
+    for ceil(r * head.epochs) epochs on the current filters and thrown away), its head epochs when it
+    trains no filters, a backprop trial's epochs. There it measures clean accuracy, unconverged_frac
+    and `attack` (a few images) on the validation split (data.val_fraction), never on the test set."""
+
+    fractions: tuple[float, ...]
+    attack: AttackConfig
+    report: RungCallback
+
+
+def rung_epochs(fractions: tuple[float, ...], epochs: int) -> dict[int, list[tuple[int, float]]]:
+    """Epoch (1-based) -> the rungs (index, fraction) reached at its end, for a stage of `epochs` epochs."""
+    out: dict[int, list[tuple[int, float]]] = {}
+    for i, r in enumerate(fractions):
+        out.setdefault(max(1, math.ceil(r * epochs - 1e-9)), []).append((i, r))
+    return out
 
 
 @dataclass
@@ -72,6 +98,58 @@ def build_model(config: TrialConfig, in_shape: tuple[int, int, int], classes: in
         raise TrialError(str(e)) from None
 
 
+def _rung_hook(
+    config: TrialConfig,
+    data: Dataset,
+    model: HebbCNN,
+    train: tuple[torch.Tensor, torch.Tensor],
+    rungs: RungPlan,
+    on_epoch: EpochCallback | None,
+    filters_now: Callable[[], torch.Tensor],
+) -> EpochCallback:
+    """`on_epoch` that also measures the trial on the validation split at each rung and reports it."""
+    if len(data.x_val) == 0:
+        raise TrialError("rungs are measured on the validation split: data.val_fraction must be > 0")
+    device = train[0].device
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+    if config.model.kind == "local" and config.rule.epochs > 0:
+        stage, stage_epochs = "filters", config.rule.epochs
+    elif config.model.kind == "local":
+        stage, stage_epochs = "head", config.head.epochs
+    else:
+        stage, stage_epochs = "backprop", config.backprop.epochs
+    at = rung_epochs(rungs.fractions, stage_epochs)
+
+    def measure(fraction: float) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            probe = model
+            if stage == "filters":  # a probe head on the filters as they are now
+                probe = build_model(config, data.shape, len(data.classes)).to(device)
+                with torch.no_grad():
+                    probe.conv_weight.copy_(filters_now().view_as(probe.conv_weight))
+                head = config.head.model_copy(update={"epochs": max(1, math.ceil(fraction * config.head.epochs))})
+                fit_head(probe, *train, head, seed=config.seed)
+            was_training = probe.training
+            probe.eval()
+            out: dict[str, Any] = {CLEAN_ACC: clean_accuracy(probe, x_val, y_val)}
+            conv = filter_convergence(probe.conv_weight.detach().cpu(), config.rule.p, config.converge_tol)
+            out["unconverged_frac"] = conv["unconverged_frac"]
+            if rungs.attack.enabled:
+                out.update(evaluate_robustness(probe, x_val, y_val, rungs.attack, seed=config.seed)[0])
+            probe.train(was_training)
+        return out
+
+    def on_epoch_rungs(name: str, epoch: int, total: int, row: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(name, epoch, total, row)
+        if name == stage and epoch in at:
+            measured = measure(at[epoch][-1][1])  # rungs that share an epoch share its measurement
+            for index, fraction in at[epoch]:
+                rungs.report(index, fraction, measured)
+
+    return on_epoch_rungs
+
+
 def run_trial(
     config: TrialConfig,
     on_epoch: EpochCallback | None = None,
@@ -79,6 +157,7 @@ def run_trial(
     filter_cache: Path | None = None,
     checkpoint_dir: Path | None = None,
     feature_cache_gb: float = FEATURE_CACHE_GB,
+    rungs: RungPlan | None = None,
 ) -> TrialResult:
     """Train and measure one model. Raises TrialError (with the reason) when it diverges.
 
@@ -88,7 +167,9 @@ def run_trial(
     With `filter_cache` (a directory), local filters come from / go to the shared filter cache, so
     trials that differ only in head settings train their filters once, and those that also share the pool
     compute its outputs once (`<filter_cache>/features`, at most feature_cache_gb; 0: off). With `checkpoint_dir`, every
-    training stage saves its state each epoch there, and a rerun of the same config resumes."""
+    training stage saves its state each epoch there, and a rerun of the same config resumes. With
+    `rungs`, the trial reports at each rung (see RungPlan); a local trial then trains its own filters
+    (the cache holds finished filters only, and a rung needs them half-trained)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = load_dataset(config.data)
@@ -109,12 +190,18 @@ def run_trial(
 
     curves: dict[str, list[float]] = {}
     metrics: dict[str, Any] = {N_TRAIN: len(x_train), N_TEST: len(x_test), "device": device.type}
+    live: dict[str, torch.Tensor] = {}  # the filters as they are being trained, for a rung's probe head
+    if rungs is not None:
+        on_epoch = _rung_hook(config, data, model, (x_train, y_train), rungs, on_epoch, lambda: live["filters"])
+        metrics["n_val"] = len(data.x_val)
+        filter_cache = None
     start = time.perf_counter()
     if config.model.kind == "local":
         f, c, w, _ = model.conv_weight.shape
 
         def train_filters() -> tuple[torch.Tensor, dict[str, list[float]]]:
             weights = krotov.init_weights(f, c * w * w, seed=config.seed, std=config.rule.init_std).to(device)
+            live["filters"] = weights  # trained in place: what a rung's probe head sees
             curves = fit_filters_local(
                 weights, x_train, config.rule, kernel=w, tol=config.converge_tol, seed=config.seed,
                 on_epoch=on_epoch, checkpoint=ckpt("filters"), tag=filters_tag,

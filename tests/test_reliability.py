@@ -252,7 +252,8 @@ def test_raising_and_killed_trials_are_recorded_retried_and_the_study_goes_on(tm
     states = sorted(t.state.name for t in optuna.load_study(study_name="faults", storage=outcome.optuna_storage).trials)
     assert states == ["COMPLETE", "FAIL", "FAIL"]
     assert (events[-1].done, events[-1].failed, events[-1].running) == (1, 2, 0)
-    assert outcome.counts == {"total": 3, "finished": 1, "gated": 0, "failed": 2, "unfinished": 0, "runs": 6}
+    assert outcome.counts == {"total": 3, "finished": 1, "gated": 0, "failed": 2, "stopped": 0, "unfinished": 0,
+                              "runs": 6}  # fmt: skip
 
     # MLflow: one run per attempt, none left RUNNING, exactly one FINISHED (the retry of init_std 1.0)
     runs = children(study_runs(uri, "faults"))
@@ -388,7 +389,7 @@ def test_reconcile_recovers_untold_trials_cuts_off_unfinished_ones_and_is_idempo
 
     first, again = reconcile(spec, meta, target), reconcile(spec, meta, target)  # again: nothing more to do
     assert first.counts() == {"finished": 2, "failed": 1, "closed_runs": 1, "recovered": 1, "cut_off": 1,
-                              "gated": 0, "remaining": 3}  # fmt: skip
+                              "gated": 0, "stopped": 0, "remaining": 3}  # fmt: skip
     assert again.counts() == {**first.counts(), "closed_runs": 0, "recovered": 0, "cut_off": 0}
     assert first.best == {"clean_acc": 0.9, "pgd_acc@2": 0.5}
     by_name = {t.user_attrs.get(TUNE_TRIAL_ATTR): t for t in study.get_trials()}

@@ -74,7 +74,7 @@ def test_trials_table_with_min_objective_and_no_finished_trials() -> None:
 
 def test_study_counts_count_a_retried_trial_once() -> None:
     counts = record.study_counts(runs_frame(), total=8)
-    assert counts == {"total": 8, "finished": 4, "gated": 0, "failed": 1, "unfinished": 3, "runs": 7}
+    assert counts == {"total": 8, "finished": 4, "gated": 0, "failed": 1, "stopped": 0, "unfinished": 3, "runs": 7}
     assert record.study_counts(pd.DataFrame(), total=2)["unfinished"] == 2
 
 
@@ -266,9 +266,10 @@ def test_html_report_of_a_real_study(small_study) -> None:
     # one self-contained page: every image inline, decodable, and every figure shown
     page = (out / "report.html").read_text()
     sources = _img_sources(page)
-    shown = ["pareto.png", "importance.png", "effects.png", "unconverged.png", "filters/front_filters.png",
-             "converged.png"] + (["accuracy_vs_R.png"] if (out / "accuracy_vs_R.png").exists() else [])  # fmt: skip
-    assert len(sources) == len(shown)  # + the population figures: converged fraction, accuracy vs R
+    shown = ["pareto.png", "hypervolume.png", "importance.png", "effects.png", "unconverged.png",
+             "filters/front_filters.png", "converged.png"]
+    shown += ["accuracy_vs_R.png"] if (out / "accuracy_vs_R.png").exists() else []
+    assert len(sources) == len(shown)  # + hypervolume and the population figures: converged fraction, accuracy vs R
     values = pd.read_csv(out / "values.csv")  # per searched value and kind: the 4 finished trials
     assert values[values["param"] == "rule.p"]["n"].sum() == 4
     for src in sources:
@@ -298,8 +299,9 @@ def test_markdown_report_elsewhere_reading_runs_from_a_given_store(small_study, 
     assert rep.out_dir == out and rep.artifact_uri is None and "report.html" not in rep.files
     page = (out / "report.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
-    shown = ["pareto.png", "importance.png", "effects.png", "unconverged.png", "filters/front_filters.png",
-             "converged.png"] + (["accuracy_vs_R.png"] if (out / "accuracy_vs_R.png").exists() else [])  # fmt: skip
+    shown = ["pareto.png", "hypervolume.png", "importance.png", "effects.png", "unconverged.png",
+             "filters/front_filters.png", "converged.png"]
+    shown += ["accuracy_vs_R.png"] if (out / "accuracy_vs_R.png").exists() else []
     assert sorted(linked) == sorted(shown)
     assert all((out / name).read_bytes().startswith(PNG) for name in linked)
     assert "| trial_id |" in page and small_study.parent_run_id in page

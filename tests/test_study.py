@@ -423,7 +423,8 @@ def test_four_trial_study_end_to_end(local_ray, tmp_path: Path) -> None:
     outcome = run_study(spec, storage=tmp_path / "studies", tracking_uri=uri, on_progress=events.append)
 
     assert outcome.study_dir == tmp_path / "studies" / "e2e"
-    assert outcome.counts == {"total": 4, "finished": 4, "gated": 0, "failed": 0, "unfinished": 0, "runs": 4}
+    assert outcome.counts == {"total": 4, "finished": 4, "gated": 0, "failed": 0, "stopped": 0, "unfinished": 0,
+                              "runs": 4}  # fmt: skip
     assert not outcome.interrupted and outcome.wall_seconds is not None
     assert events and events[-1].done == 4 and events[-1].failed == 0
     assert events[-1].best["clean_acc"] == pytest.approx(outcome.trials["clean_acc"].max())

@@ -18,6 +18,8 @@ from ray import tune
 from hebbrobust import tracking
 from hebbrobust.errors import HebbrobustError
 from hebbrobust.metrics import FILTERS_CACHE_HIT, GATED
+from hebbrobust.study.moasha import RUNG_KEY
+from hebbrobust.study.trainable import stopped_reason
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class StudyProgress:
     elapsed_s: float
     cache_hits: int = 0  # finished trials whose filters came from the filter cache
     gated: int = 0  # ended at rule.min_converged without a head (Optuna PRUNED; among `done`)
+    stopped: int = 0  # stopped at a rung by the scheduler (MOASHA), not counted in `done`
 
 
 ProgressFn = Callable[[StudyProgress], None]
@@ -71,15 +74,15 @@ class ProgressCallback(tune.Callback):
         self._last = None
 
     def snapshot(self, trials: list[Any]) -> StudyProgress:
-        states = [t.status for t in trials]
+        states = ["STOPPED" if stopped_rung(t.last_result) is not None else t.status for t in trials]
         best: dict[str, float | None] = {}
         for metric, mode in self.objectives:
             values = [
                 float(t.last_result[metric])
-                for t in trials
-                if t.status == "TERMINATED"
+                for t, state in zip(trials, states, strict=True)
+                if state == "TERMINATED"
                 and isinstance(t.last_result.get(metric), int | float)
-                and math.isfinite(t.last_result[metric])  # a gated trial reports NaN
+                and math.isfinite(t.last_result[metric])
             ]
             if self.best_before.get(metric) is not None:
                 values.append(float(self.best_before[metric]))  # type: ignore[arg-type]
@@ -87,14 +90,15 @@ class ProgressCallback(tune.Callback):
         done = self.done_before + states.count("TERMINATED")
         failed = self.failed_before + states.count("ERROR")
         running = states.count("RUNNING")
-        ended = [t.last_result or {} for t in trials if t.status == "TERMINATED"]
+        ended = [t.last_result or {} for t, state in zip(trials, states, strict=True) if state == "TERMINATED"]
         return StudyProgress(
             name=self.name,
             total=self.total,
             done=done,
             running=running,
-            pending=max(0, self.total - done - failed - running),
+            pending=max(0, self.total - done - failed - running - states.count("STOPPED")),
             failed=failed,
+            stopped=states.count("STOPPED"),
             best=best,
             elapsed_s=time.time() - self._start,
             cache_hits=sum(1 for r in ended if r.get(FILTERS_CACHE_HIT) == 1),
@@ -113,6 +117,7 @@ class ProgressCallback(tune.Callback):
             progress.failed,
             progress.cache_hits,
             progress.gated,
+            progress.stopped,
             tuple(progress.best.items()),
         )
         if key == self._last:
@@ -135,6 +140,12 @@ class ProgressCallback(tune.Callback):
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self._emit(trials)
+
+
+def stopped_rung(result: Mapping[str, Any] | None) -> int | None:
+    """The rung at which the scheduler stopped a trial whose last result is `result` (a rung report:
+    the final report carries no rung), else None. Such a trial is Optuna PRUNED, MLflow KILLED."""
+    return int(result[RUNG_KEY]) if result and RUNG_KEY in result else None
 
 
 def _trial_error(trial: Any) -> str:
@@ -174,6 +185,20 @@ class TrialRunCloser(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._close(trial, "")
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial the scheduler stopped at a rung cannot close its run (it waits in tune.report until
+        its worker goes): closed KILLED here, tagged with the rung."""
+        rung = stopped_rung(trial.last_result)
+        if rung is None:
+            return
+        try:
+            tracking.close_stale_runs(
+                self.target, self.parent_run_id, status="KILLED", reason=stopped_reason(rung),
+                trial_id=str(trial.trial_id), tags={tracking.STOPPED_TAG: str(rung)},
+            )  # fmt: skip
+        except HebbrobustError:
+            log.exception("could not close the MLflow run of stopped trial %s", trial.trial_id)
 
 
 

@@ -1,7 +1,7 @@
 """A study as recorded, read-only and Ray-free: study.json, the spec, the MLflow trial runs, their
 counts and front, and the Optuna study. `study show`, `study list`, the report, resume and the
 progress line all read a study through here, and the front files (front.csv, front.png,
-trials.csv in the study directory) are written here and nowhere else."""
+trials.csv, hypervolume.csv, hypervolume.png in the study directory) are written here and nowhere else."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from hebbrobust import hypervolume as hv
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec, load_study
 from hebbrobust.errors import HebbrobustError
@@ -22,8 +23,10 @@ from hebbrobust.study.directory import SPEC_FILE, filter_cache_dir, find_study_d
 TUNE_TRIAL_ATTR = "tune_trial_id"  # Optuna user attr: the Ray Tune trial that ran this Optuna trial
 CUT_OFF_ATTR = "hebbrobust_cut_off"  # Optuna user attr on a trial failed by a resume: why
 RERUN_ATTR = "hebbrobust_rerun_of"  # Optuna user attr on an enqueued rerun: the cut-off trial's number
+GATED_ATTR = "hebbrobust_gated"  # Optuna user attr on a trial gated at rule.min_converged (PRUNED): why
+STOPPED_ATTR = "hebbrobust_stopped_at_rung"  # Optuna user attr on a trial the scheduler stopped (PRUNED)
 KIND = "model.kind"
-FRONT_FILES = ("front.csv", "trials.csv", "front.png")
+FRONT_FILES = ("front.csv", "trials.csv", "front.png", "hypervolume.csv", "hypervolume.png")
 
 
 def load_optuna_study(storage_url: str, name: str, *, again: str = "") -> Any:
@@ -67,21 +70,24 @@ def set_trial_attr(storage: Any, study_name: str, number: int, key: str, value: 
 
 def study_counts(trials: pd.DataFrame, total: int) -> dict[str, int]:
     """Trials planned, finished, gated (FINISHED runs stopped at rule.min_converged: no objectives),
-    failed, unfinished (never run, cut off or running) and MLflow runs, counting a retried trial's
-    last attempt."""
+    failed, stopped (at a rung by the scheduler: never on the front), unfinished (never run, cut off or
+    running) and MLflow runs, counting a retried trial's last attempt."""
     if trials.empty or "status" not in trials.columns:
-        return {"total": total, "finished": 0, "gated": 0, "failed": 0, "unfinished": total, "runs": len(trials)}
+        return {"total": total, "finished": 0, "gated": 0, "failed": 0, "stopped": 0, "unfinished": total,
+                "runs": len(trials)}  # fmt: skip
     latest = trials.drop_duplicates("trial_id", keep="last") if "trial_id" in trials.columns else trials
     done = latest["status"] == "FINISHED"
     gated = int((done & is_gated(latest)).sum())
     finished = int(done.sum()) - gated
     failed = int((latest["status"] == "FAILED").sum())
+    stopped = int(latest["stopped_at_rung"].notna().sum()) if "stopped_at_rung" in latest.columns else 0
     return {
         "total": total,
         "finished": finished,
         "gated": gated,
         "failed": failed,
-        "unfinished": max(0, total - finished - gated - failed),
+        "stopped": stopped,
+        "unfinished": max(0, total - finished - gated - failed - stopped),
         "runs": len(trials),
     }
 
@@ -141,14 +147,36 @@ class StudyRecord:
         """The finished trials on the front, best first objective first."""
         return front_table(self.trials, self.objectives)
 
+    @property
+    def reference_point(self) -> Any:
+        """The hypervolume reference point (numpy, one value per objective; see hebbrobust/hypervolume.py)."""
+        return hv.reference_point(self.objectives, [o.ref for o in self.spec.objectives])
+
+    @property
+    def reference_text(self) -> str:
+        return ", ".join(f"{m} {r:g}" for (m, _), r in zip(self.objectives, self.reference_point, strict=True))
+
+    @cached_property
+    def hypervolume(self) -> float:
+        """The hypervolume of the finished trials' front."""
+        return hv.front_hypervolume(self.trials, self.objectives, self.reference_point)
+
+    @cached_property
+    def hypervolume_history(self) -> pd.DataFrame:
+        """The hypervolume as trials ended: trial, hours (summed trial hours), hypervolume, trial_id."""
+        return hv.history(self.trials, self.objectives, self.reference_point)
+
     def optuna_study(self) -> Any:
         """The study's Optuna record (loaded on each call: resume changes it), or a one-line error."""
         return optuna_record(self.meta)
 
     def write_front(self) -> dict[str, Path]:
-        """front.csv, trials.csv and front.png in the study directory (see `write_front`)."""
+        """front.csv, trials.csv, front.png (see `write_front`), hypervolume.csv and hypervolume.png
+        (the front's hypervolume as the trials ended) in the study directory."""
         title = f"{self.name}: {self.counts['finished']} finished trials"
-        return write_front(self.trials, self.objectives, self.study_dir, title=title)
+        paths = write_front(self.trials, self.objectives, self.study_dir, title=title)
+        hv_paths = write_hypervolume({self.name: self.hypervolume_history}, self.reference_text, self.study_dir)
+        return {**paths, **hv_paths}
 
 
 def write_front(trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, title: str = "") -> dict[str, Path]:
@@ -167,6 +195,23 @@ def write_front(trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, 
     fig = plots.pareto_scatter(trials, y=y_name, x=x_name, x_mode=x_mode, kind=KIND, step=len(objectives) == 2,
                                title=title)  # fmt: skip
     fig.savefig(paths["front.png"], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_hypervolume(histories: dict[str, pd.DataFrame], reference: str, out_dir: Path) -> dict[str, Path]:
+    """hypervolume.csv (the histories, a `study` column telling them apart) and hypervolume.png
+    (against trials ended and summed trial hours, one line per study) under `out_dir`."""
+    import matplotlib.pyplot as plt
+
+    from hebbrobust import plots
+
+    paths = {name: Path(out_dir) / name for name in ("hypervolume.csv", "hypervolume.png")}
+    pd.concat([h.assign(study=n) for n, h in histories.items()], ignore_index=True).to_csv(
+        paths["hypervolume.csv"], index=False
+    )
+    fig = plots.hypervolume_history(histories, title=f"hypervolume of the front so far (reference point: {reference})")
+    fig.savefig(paths["hypervolume.png"], dpi=100, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -216,6 +261,7 @@ class StudyOutcome:
     trials = property(lambda self: self.record.trials)
     front = property(lambda self: self.record.front)
     counts = property(lambda self: self.record.counts)
+    hypervolume = property(lambda self: self.record.hypervolume)
 
     @property
     def mlflow_ui_command(self) -> str:

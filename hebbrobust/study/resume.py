@@ -15,6 +15,10 @@ truncated tuner.pkl (ray issue 58179) would stop the resume outright. So:
   `hebbrobust_cut_off`) and its parameters enqueued to run again; a gated one (FINISHED run with
   `hebbrobust.gated`) is told PRUNED. Then `run.resume_study` runs
   num_trials - COMPLETE - PRUNED - FAIL(not cut off) more trials against the same Optuna study.
+- a trial the scheduler (MOASHA) stopped is PRUNED (user attr `hebbrobust_stopped_at_rung`) and its run
+  KILLED with tag `hebbrobust.stopped_at_rung`; one left RUNNING in Optuna whose run carries the tag
+  (the driver died between the stop and the tell) is told PRUNED here. PRUNED trials with that attr
+  count as stopped, the others as gated.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from typing import Any
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec
 from hebbrobust.metrics import GATED_REASON
-from hebbrobust.study.record import CUT_OFF_ATTR, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record, set_trial_attr
+from hebbrobust.study.record import (
+    CUT_OFF_ATTR,
+    RERUN_ATTR,
+    STOPPED_ATTR,
+    TUNE_TRIAL_ATTR,
+    optuna_record,
+    set_trial_attr,
+)
 
 
 @dataclass
@@ -39,7 +50,8 @@ class Resume:
     closed_runs: int = 0  # MLflow runs left RUNNING by the stopped driver, now KILLED
     recovered: int = 0  # Optuna trials left RUNNING whose MLflow run had FINISHED: told COMPLETE
     cut_off: int = 0  # Optuna trials left RUNNING without a finished run: FAIL + enqueued again
-    gated: int = 0  # Optuna PRUNED trials (stopped at rule.min_converged; they count towards num_trials)
+    gated: int = 0  # Optuna PRUNED trials stopped at rule.min_converged (they count towards num_trials)
+    stopped: int = 0  # Optuna PRUNED trials: stopped at a rung by the scheduler (they count towards num_trials)
     remaining: int = 0  # trials still to run
     best: dict[str, float | None] = field(default_factory=dict)  # best objective values so far
 
@@ -66,11 +78,16 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
     done = runs[runs["status"] == "FINISHED"].drop_duplicates("trial_id", keep="last") if len(runs) else runs
     finished = {str(row["trial_id"]): row for _, row in done.iterrows()}
     objectives: list[tuple[str, str]] = [(o.metric, o.mode) for o in spec.objectives]
+    stopped = _stopped_runs(runs)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        row = finished.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)))
-        if row is not None and isinstance(row.get(GATED_REASON), str):  # gated, then the driver died
+        tune_id = str(trial.user_attrs.get(TUNE_TRIAL_ATTR))
+        row = finished.get(tune_id)
+        gated = row is not None and isinstance(row.get(GATED_REASON), str)
+        if tune_id in stopped or gated:  # stopped at a rung or gated, then the driver died before the tell
+            if tune_id in stopped:
+                set_trial_attr(meta["optuna_storage"], meta["name"], trial.number, STOPPED_ATTR, stopped[tune_id])
             study.tell(trial.number, state=TrialState.PRUNED)
-            out.recovered += 1
+            out.recovered += int(gated)
             continue
         values = [row.get(m) for m, _ in objectives] if row is not None else []
         if values and all(isinstance(v, int | float) and math.isfinite(v) for v in values):
@@ -81,6 +98,12 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
             out.cut_off += 1
     _tally(out, study.get_trials(deepcopy=False), objectives, int(meta["num_trials"]))
     return out
+
+
+def _stopped_runs(runs: Any) -> dict[str, int]:
+    """Tune trial id -> the rung the scheduler stopped it at, from the runs' `stopped_at_rung` column."""
+    cut = runs[runs["stopped_at_rung"].notna()] if "stopped_at_rung" in runs.columns else runs[:0]
+    return {str(row["trial_id"]): int(row["stopped_at_rung"]) for _, row in cut.iterrows()}
 
 
 def _cut_off(study: Any, meta: Mapping[str, Any], trial: Any) -> None:
@@ -98,8 +121,10 @@ def _tally(out: Resume, trials: list[Any], objectives: list[tuple[str, str]], to
 
     out.finished = sum(t.state == TrialState.COMPLETE for t in trials)
     out.failed = sum(t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs for t in trials)
-    out.gated = sum(t.state == TrialState.PRUNED for t in trials)
-    out.remaining = max(0, total - out.finished - out.failed - out.gated)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    out.stopped = sum(STOPPED_ATTR in t.user_attrs for t in pruned)
+    out.gated = len(pruned) - out.stopped
+    out.remaining = max(0, total - out.finished - out.failed - out.gated - out.stopped)
     for i, (metric, mode) in enumerate(objectives):
         values = [t.values[i] for t in trials if t.state == TrialState.COMPLETE and t.values]
         out.best[metric] = (max(values) if mode == "max" else min(values)) if values else None

@@ -3,8 +3,10 @@ MLflow records them. `run_study` starts one, `resume_study` continues a stopped 
 `resume.reconcile`); both build their Tuner in `_tuner` from one `StudyRun`.
 
 Choices that avoid the traps in docs/platform.md: OptunaSearch gets the metric/mode lists and TuneConfig gets neither
-(else the study silently turns single-objective); FIFO scheduling (early stopping would put partial
-values on the front); Tune's own state is never read back (see resume.py)."""
+(else the study silently turns single-objective); FIFO scheduling unless the spec asks for MOASHA,
+whose stopped trials are told PRUNED (never COMPLETE with partial values, which would put them on the
+front), closed KILLED in MLflow with tag `hebbrobust.stopped_at_rung` and counted apart; Tune's own
+state is never read back (see resume.py)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,26 @@ from ray.tune.search.optuna import OptunaSearch
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec
 from hebbrobust.errors import HebbrobustError
-from hebbrobust.metrics import GATED
+from hebbrobust.metrics import GATED, GATED_REASON
 from hebbrobust.study import directory as sd
-from hebbrobust.study.callbacks import SINKS, ProgressCallback, ProgressFn, TrialRunCloser, close_open_runs
-from hebbrobust.study.record import TUNE_TRIAL_ATTR, StudyOutcome, outcome, read_study, set_trial_attr
+from hebbrobust.study.callbacks import (
+    SINKS,
+    ProgressCallback,
+    ProgressFn,
+    TrialRunCloser,
+    close_open_runs,
+    stopped_rung,
+)
+from hebbrobust.study.moasha import MOASHA
+from hebbrobust.study.record import (
+    GATED_ATTR,
+    STOPPED_ATTR,
+    TUNE_TRIAL_ATTR,
+    StudyOutcome,
+    outcome,
+    read_study,
+    set_trial_attr,
+)
 from hebbrobust.study.resume import Resume, reconcile
 from hebbrobust.study.session import check_address, quiet_tune, ray_session, trial_resources
 from hebbrobust.study.space import (
@@ -39,40 +57,60 @@ from hebbrobust.study.space import (
     num_samples,
     optuna_space,
 )
-from hebbrobust.study.trainable import TrialContext, run_study_trial
+from hebbrobust.study.trainable import VAL_PREFIX, TrialContext, run_study_trial
 
 
 class StudySearch(OptunaSearch):
     """OptunaSearch that writes the Ray Tune trial id on each Optuna trial (user attr
     `tune_trial_id`), so that Optuna trials join the MLflow runs (tag `hebbrobust.trial_id`).
     Tune asks one trial at a time in the driver, so the trial just asked is the newest RUNNING one
-    without the attr; it is found and marked through the Optuna storage's public API.
-    A gated trial (`gated` = 1, no objectives) is told as a result without values: OptunaSearch then
-    tells Optuna PRUNED (a list of None objectives would be a COMPLETE that Optuna rejects)."""
+    without the attr; it is found and marked through the Optuna storage's public API. A trial cut
+    short on purpose (`pruned_mark`: gated at rule.min_converged, or stopped at a rung by the
+    scheduler) is marked and told as a result without values: OptunaSearch then tells Optuna PRUNED
+    (a list of None objectives would be a COMPLETE that Optuna rejects; a rung's values are no point
+    for the front)."""
 
     def __init__(self, *, storage: Any, study_name: str, **kwargs: Any) -> None:
         super().__init__(storage=storage, study_name=study_name, **kwargs)
         self.record_storage, self.record_name = storage, study_name
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def _running(self) -> list[Any]:
         from optuna.trial import TrialState
 
+        study_id = self.record_storage.get_study_id_from_name(self.record_name)
+        return list(self.record_storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         params = super().suggest(trial_id)
         if params is not None:
-            study_id = self.record_storage.get_study_id_from_name(self.record_name)
-            running = self.record_storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            fresh = [t.number for t in running if TUNE_TRIAL_ATTR not in t.user_attrs]
+            fresh = [t.number for t in self._running() if TUNE_TRIAL_ATTR not in t.user_attrs]
             if fresh:
                 set_trial_attr(self.record_storage, self.record_name, max(fresh), TUNE_TRIAL_ATTR, trial_id)
         return params  # type: ignore[no-any-return]
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, None if gated_result(result) else result, error)
+        mark = None if error else pruned_mark(result)
+        if mark is not None:
+            for t in self._running():
+                if t.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id:
+                    set_trial_attr(self.record_storage, self.record_name, t.number, *mark)
+            result = None  # OptunaSearch tells a trial that ended without values PRUNED
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def gated_result(result: dict[str, Any] | None) -> bool:
     """Whether a trial's final result says it stopped at rule.min_converged (Optuna: PRUNED)."""
     return bool(result) and result.get(GATED) == 1  # type: ignore[union-attr]
+
+
+def pruned_mark(result: dict[str, Any] | None) -> tuple[str, Any] | None:
+    """(Optuna user attr, value) for a trial whose last result says it was cut short on purpose and
+    must be told PRUNED (off the front, counted apart), else None: gated at rule.min_converged
+    (GATED_ATTR) or stopped at a rung by MOASHA (STOPPED_ATTR, the rung)."""
+    if gated_result(result):
+        return GATED_ATTR, str((result or {}).get(GATED_REASON, "gated"))
+    rung = stopped_rung(result)
+    return None if rung is None else (STOPPED_ATTR, rung)
 
 
 @dataclass
@@ -282,7 +320,6 @@ def _resume_session(
 def _tuner(run: StudyRun, callbacks: list[Any]) -> Any:
     """A Tuner running `run.count` trials of the study, asked from its Optuna study (created or loaded)."""
     from optuna.storages import RDBStorage
-    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     spec = run.spec
@@ -306,7 +343,7 @@ def _tuner(run: StudyRun, callbacks: list[Any]) -> Any:
         tune.with_resources(tune.with_parameters(run_study_trial, ctx=ctx), run.resources),
         tune_config=tune.TuneConfig(  # no metric/mode here: they would make it single-objective
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
-            scheduler=FIFOScheduler(),
+            scheduler=scheduler(spec),
             num_samples=run.count,
             reuse_actors=True,  # a trial's worker keeps torch/mlflow imported for the next
             trial_dirname_creator=_trial_dirname,
@@ -319,6 +356,15 @@ def _tuner(run: StudyRun, callbacks: list[Any]) -> Any:
             verbose=0,
         ),
     )
+
+
+def scheduler(spec: StudySpec) -> Any:
+    """The study's Tune scheduler: FIFO, or MOASHA on the rung reports' `val_<objective>` values."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    if spec.scheduler.name == "moasha":
+        return MOASHA([(VAL_PREFIX + o.metric, o.mode) for o in spec.objectives], spec.scheduler.reduction)
+    return FIFOScheduler()
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -366,7 +412,9 @@ def _conclude(study_dir: Path, started: float, *, interrupted: bool) -> StudyOut
         "trials_finished": record.counts["finished"],
         "trials_failed": record.counts["failed"],
         "trials_gated": record.counts["gated"],
+        "trials_stopped": record.counts["stopped"],
         "front_size": len(record.front),
+        "hypervolume": record.hypervolume,
     }
     files = {k: v for k, v in result.files.items() if k != "spec.yaml"}
     tracking.log_front(record.target, record.parent_run_id, files, summary)

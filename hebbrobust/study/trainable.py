@@ -13,6 +13,12 @@ trial stops, closes its MLflow run FINISHED with tag `hebbrobust.gated` (the rea
 `gated` = 1 without objectives; the study's searcher tells Optuna PRUNED (neither a failure nor a
 point for the front).
 
+With `scheduler: {name: moasha}` the first run (filter seed 0, head seed 0) also reports at each rung
+(hebbrobust.trial.RungPlan): its objectives measured on the validation split as `val_<metric>` (the
+objectives themselves NaN, so a stopped trial's last result never carries values Optuna could take
+for its own), under `moasha.RUNG_KEY`; the scheduler may stop it there (see run.StudySearch and
+callbacks.TrialRunCloser).
+
 A trial that fails (TrialError from the science code, or any other exception) is closed FAILED in
 MLflow with the reason as a tag and the traceback as an artifact, then re-raised so that Tune
 marks it errored and OptunaSearch tells Optuna FAIL; the study goes on.
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hebbrobust.config import StudySpec, TrialConfig, study_trial
+from hebbrobust.config import AttackConfig, StudySpec, TrialConfig, study_trial
 from hebbrobust.errors import TrialError
 from hebbrobust.metrics import GATED, GATED_REASON
 from hebbrobust.tracking import GATED_TAG, HOST_TAG, NODE_TAG, TrackingTarget, TrialRun
@@ -145,6 +151,46 @@ def _seed_runs(spec: StudySpec) -> list[tuple[int, int, str]]:
     return [(i, j, f"f{i}h{j}") for i in range(filters) for j in range(heads)]
 
 
+VAL_PREFIX = "val_"  # a rung report's objective values, measured on the validation split
+
+
+def rung_attack(spec: StudySpec, config: TrialConfig) -> AttackConfig:
+    """The attack a rung runs: the trial's own, on at most `scheduler.rung_images` validation images,
+    only at the eps the objectives name (all of them when none does), minimal radii only when an
+    objective needs them."""
+    from hebbrobust.evaluate import eps_label  # torch: imported where trials run
+
+    images = min(spec.scheduler.rung_images, config.attack.n_images)
+    names = [o.metric for o in spec.objectives]
+    radii = any(m.split("_", 1)[-1] in ("eps50", "auc", "R", "r2", "unbroken_frac") for m in names)
+    wanted = tuple(e for e in config.attack.eps if any(m.endswith(f"@{eps_label(e)}") for m in names))
+    return config.attack.model_copy(
+        update={
+            "n_images": images,
+            "eps": wanted or config.attack.eps,
+            "radius_images": min(images, config.attack.radius_images) if radii else 0,
+            "min_radius_images": min(config.attack.min_radius_images, images),
+        }
+    )
+
+
+def rung_report(
+    index: int, fraction: float, metrics: Mapping[str, Any], objectives: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """What a trial tells Tune at a rung (see the module doc)."""
+    from hebbrobust.study.moasha import FRACTION_KEY, RUNG_KEY
+
+    out: dict[str, Any] = {RUNG_KEY: index, FRACTION_KEY: fraction}
+    for name, _ in objectives:
+        out[VAL_PREFIX + name] = _number(metrics.get(name))
+        out[name] = float("nan")
+    return out
+
+
+def stopped_reason(rung: int) -> str:
+    return f"stopped by the scheduler (MOASHA) at rung {rung}: dominated there"
+
+
 def _trial_name(params: Mapping[str, Any], trial_id: str) -> str:
     """The MLflow run name: model kind, then the searched parameters by their last key part, then
     the trial id, e.g. `local p=3 k=2 delta=0.4 (5ac3_00001)`."""
@@ -159,7 +205,7 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import torch
     from ray import tune
 
-    from hebbrobust.trial import run_trial, save_trial
+    from hebbrobust.trial import RungPlan, run_trial, save_trial
 
     torch.set_num_threads(max(1, int(ctx.cpus)))
     params = dict(config)
@@ -188,6 +234,7 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         per_seed: list[dict[str, Any]] = []
         groups: dict[int, list[dict[str, Any]]] = {}
         gated: str | None = None
+        stopped_at: list[int] = []  # the rung while the trial waits on the scheduler's word
         for i, j, name in _seed_runs(spec):
             prefix = f"{name}/" if name else ""
 
@@ -197,12 +244,28 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
             seed_dir = out_dir / name if name else out_dir
             checkpoints = seed_dir / "checkpoints"  # a retried or resumed trial continues from its last epoch
+            config_i = trial_config(spec, params, i, j)
+            rungs = None
+            if spec.scheduler.name == "moasha" and i == 0 and j == 0:
+
+                def on_rung(index: int, fraction: float, values: dict[str, Any]) -> None:
+                    report = rung_report(index, fraction, values, objectives)
+                    for name, value in report.items():
+                        if name.startswith(VAL_PREFIX) and value is not None:
+                            run.epoch(f"rung/{name}", index, value)
+                    run.flush()
+                    stopped_at[:] = [index]
+                    tune.report(report)  # returns only if the scheduler lets the trial go on (else SystemExit)
+                    stopped_at.clear()
+
+                rungs = RungPlan(spec.scheduler.rungs, rung_attack(spec, config_i), on_rung)
             result = run_trial(
-                trial_config(spec, params, i, j),
+                config_i,
                 on_epoch=on_epoch,
                 filter_cache=Path(ctx.filter_cache) if ctx.filter_cache else None,
                 checkpoint_dir=checkpoints,
                 feature_cache_gb=spec.feature_cache_gb,
+                rungs=rungs,
             )
             for key, values in result.curves.items():  # epochs the callback did not stream (resumed, cached)
                 for step, value in enumerate(values, start=1):  # epochs count from 1, as on_epoch's
@@ -228,6 +291,12 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if problem:
             raise TrialError(problem)
     except BaseException as e:  # recorded, then re-raised: Tune errors the trial, Optuna gets FAIL
+        if stopped_at and not isinstance(e, Exception):  # the scheduler stopped it (the driver tags it too)
+            try:
+                run.stopped(stopped_at[0], stopped_reason(stopped_at[0]))
+            except Exception:
+                pass
+            raise
         reason = e.reason if isinstance(e, TrialError) else f"{e.__class__.__name__}: {e}"
         status = "FAILED" if isinstance(e, Exception) else "KILLED"
         try:
