@@ -1,11 +1,13 @@
 """MOASHA against full fidelity, and TPE vs NSGA-II vs random, on the quickstart's digits space.
 
-    python scripts/bench_fidelity.py [--trials 48] [--seeds 3] [--compare-trials 48] [--out DIR] [--set k=v]
+    python scripts/bench_fidelity.py [--trials 48] [--seeds 3] [--compare-trials 48] [--rungs 0.111,0.333]
+        [--reduction 3] [--out DIR] [--set k=v]
 
 Part 1: the same space (studies/quickstart.yaml) run `--seeds` times (sampler seeds 0, 1, ...) with
 FIFO scheduling (every trial to the end) and with MOASHA (`scheduler: {name: moasha, rungs: [1/9, 1/3],
-reduction: 3}`); both arms hold out the same validation split (data.val_fraction 0.2, so they train on
-the same images) and train their own filters (filter_cache off: the cache would help FIFO alone).
+reduction: 3}` unless --rungs/--reduction say otherwise); both arms hold out the same validation
+split (data.val_fraction 0.2, so they train on the same images) and train their own filters
+(filter_cache off: the cache would help FIFO alone).
 Prints each study's final hypervolume (of its finished trials' front, on the test set; reference point
 0, 0) and summed trial seconds (its MLflow runs' wall times, stopped trials included), then MOASHA's
 share of FIFO's hypervolume and of its seconds (goal: >= 95% of the hypervolume for <= 40% of the seconds).
@@ -36,7 +38,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
-MOASHA = ["scheduler.name=moasha", "scheduler.rungs=[0.1111111, 0.3333333]", "scheduler.reduction=3"]
 
 
 def main() -> None:
@@ -45,9 +46,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=48, help="trials per study in part 1")
     ap.add_argument("--seeds", type=int, default=3, help="sampler seeds per arm in part 1")
     ap.add_argument("--compare-trials", type=int, default=48, help="trials per sampler in part 2 (0: skip)")
+    ap.add_argument("--rungs", default="0.1111111,0.3333333", help="MOASHA's rungs (fractions of the epochs)")
+    ap.add_argument("--reduction", type=float, default=3.0, help="MOASHA keeps the best 1/reduction at a rung")
     ap.add_argument("--out", type=Path, default=None, help="keep the studies and comparisons here")
     ap.add_argument("--set", action="append", default=[], help="spec override dotted.key=value (repeatable)")
     args = ap.parse_args()
+    moasha = ["scheduler.name=moasha", f"scheduler.rungs=[{args.rungs}]", f"scheduler.reduction={args.reduction}"]
 
     import ray
 
@@ -65,7 +69,7 @@ def main() -> None:
         try:
             common = [*args.set, f"num_trials={args.trials}", "base.data.val_fraction=0.2", "filter_cache=false"]
             for seed in range(args.seeds):
-                for arm, extra in (("fifo", []), ("moasha", MOASHA)):
+                for arm, extra in (("fifo", []), ("moasha", moasha)):
                     name = f"{arm}-s{seed}"
                     spec = load_study(args.spec, [*common, *extra, f"name={name}", f"sampler.seed={seed}"])
                     t0 = time.perf_counter()
