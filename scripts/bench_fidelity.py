@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--spec", type=Path, default=ROOT / "studies" / "quickstart.yaml")
     ap.add_argument("--trials", type=int, default=48, help="trials per study in part 1")
     ap.add_argument("--seeds", type=int, default=3, help="sampler seeds per arm in part 1")
+    ap.add_argument("--first-seed", type=int, default=0, help="part 1's sampler seeds start here")
     ap.add_argument("--compare-trials", type=int, default=48, help="trials per sampler in part 2 (0: skip)")
     ap.add_argument("--rungs", default="0.1111111,0.3333333", help="MOASHA's rungs (fractions of the epochs)")
     ap.add_argument("--reduction", type=float, default=3.0, help="MOASHA keeps the best 1/reduction at a rung")
@@ -68,7 +69,7 @@ def main() -> None:
         rows, dirs = [], {}
         try:
             common = [*args.set, f"num_trials={args.trials}", "base.data.val_fraction=0.2", "filter_cache=false"]
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for arm, extra in (("fifo", []), ("moasha", moasha)):
                     name = f"{arm}-s{seed}"
                     spec = load_study(args.spec, [*common, *extra, f"name={name}", f"sampler.seed={seed}"])
@@ -104,8 +105,9 @@ def main() -> None:
         print(f"MOASHA / FIFO, means over {args.seeds} seeds: hypervolume {hv_share:.1%}, summed trial seconds "
               f"{sec_share:.1%}  (goal: >= 95% for <= 40%: {met})")
 
-        cmp_moasha = compare_studies([dirs["fifo-s0"], dirs["moasha-s0"]], root / "compare-moasha")
-        print(f"\nstudy compare fifo-s0 vs moasha-s0 -> {cmp_moasha.out_dir / 'compare.html'}")
+        s0 = args.first_seed
+        cmp_moasha = compare_studies([dirs[f"fifo-s{s0}"], dirs[f"moasha-s{s0}"]], root / "compare-moasha")
+        print(f"\nstudy compare fifo-s{s0} vs moasha-s{s0} -> {cmp_moasha.out_dir / 'compare.html'}")
         print(cmp_moasha.table.drop(columns=["planned"]).to_string(index=False))
         if sampler_dirs:
             cmp = compare_studies(sampler_dirs, root / "compare-samplers")

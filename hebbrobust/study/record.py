@@ -26,7 +26,8 @@ RERUN_ATTR = "hebbrobust_rerun_of"  # Optuna user attr on an enqueued rerun: the
 GATED_ATTR = "hebbrobust_gated"  # Optuna user attr on a trial gated at rule.min_converged (PRUNED): why
 STOPPED_ATTR = "hebbrobust_stopped_at_rung"  # Optuna user attr on a trial the scheduler stopped (PRUNED)
 KIND = "model.kind"
-FRONT_FILES = ("front.csv", "trials.csv", "front.png", "hypervolume.csv", "hypervolume.png")
+FRONT_FILES = ("front.csv", "trials.csv", "front.png")
+HYPERVOLUME_FILES = ("hypervolume.csv", "hypervolume.png")
 
 
 def load_optuna_study(storage_url: str, name: str, *, again: str = "") -> Any:
@@ -206,7 +207,7 @@ def write_hypervolume(histories: dict[str, pd.DataFrame], reference: str, out_di
 
     from hebbrobust import plots
 
-    paths = {name: Path(out_dir) / name for name in ("hypervolume.csv", "hypervolume.png")}
+    paths = {name: Path(out_dir) / name for name in HYPERVOLUME_FILES}
     pd.concat([h.assign(study=n) for n, h in histories.items()], ignore_index=True).to_csv(
         paths["hypervolume.csv"], index=False
     )
