@@ -87,6 +87,7 @@ def compare_table(
             "trials": int(df["trial_id"].nunique()) if "trial_id" in df.columns else len(df),
             "planned": (planned or {}).get(name),
             "finished": counts["finished"],
+            "gated": counts["gated"],
             "stopped": counts["stopped"],
             "failed": counts["failed"],
             "hours": float(hv.trial_hours(df).sum()) if len(df) else 0.0,

@@ -126,8 +126,8 @@ def compare_page(c: Comparison, fmt_name: str) -> str:
     """The study comparison page in `fmt_name` ("html" or "md")."""
     html_page = fmt_name == "html"
     shares = [col for col in c.table.columns if col.startswith("dominated_by_")]
-    cols = ["study", "sampler", "scheduler", "trials", "finished", "stopped", "failed", "hours", "hypervolume",
-            "front", *shares]  # fmt: skip
+    cols = ["study", "sampler", "scheduler", "trials", "finished", "gated", "stopped", "failed", "hours",
+            "hypervolume", "front", *shares]  # fmt: skip
     return _ENV.get_template(f"compare.{fmt_name}.j2").render(
         c=c, cols=cols, generated=datetime.now(UTC).isoformat(timespec="seconds"),
         best=c.table.loc[c.table["hypervolume"].idxmax(), "study"] if len(c.table) else "?",

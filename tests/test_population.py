@@ -303,7 +303,8 @@ def test_conditional_study_with_gated_trials_end_to_end(local_ray, tmp_path: Pat
     events: list[Any] = []
     outcome = run_study(spec, storage=tmp_path / "studies", tracking_uri=uri, on_progress=events.append)
 
-    assert outcome.counts == {"total": 3, "finished": 1, "gated": 2, "failed": 0, "unfinished": 0, "runs": 3}
+    assert outcome.counts == {"total": 3, "finished": 1, "gated": 2, "failed": 0, "stopped": 0, "unfinished": 0,
+                              "runs": 3}  # fmt: skip
     assert events[-1].gated == 2 and events[-1].done == 3 and events[-1].failed == 0
     study = optuna.load_study(study_name="pop", storage=outcome.optuna_storage)
     by_state = {t.state.name: [] for t in study.trials}
@@ -409,7 +410,8 @@ def test_study_counts_count_gated_runs_apart_from_finished_and_failed() -> None:
             "gated_reason": [None, "gated: converged fraction 0.1 < rule.min_converged 0.8", None, None, None],
         }
     )
-    assert study_counts(runs, 6) == {"total": 6, "finished": 2, "gated": 1, "failed": 1, "unfinished": 2, "runs": 5}
+    assert study_counts(runs, 6) == {"total": 6, "finished": 2, "gated": 1, "failed": 1, "stopped": 0, "unfinished": 2,
+                                     "runs": 5}  # fmt: skip
 
 
 def test_importance_per_kind_rates_only_the_parameters_a_kind_carries() -> None:
