@@ -12,7 +12,9 @@ truncated tuner.pkl (ray issue 58179) would stop the resume outright. So:
   driver (`callbacks.TrialRunCloser`); `max_failures` retries either, each attempt its own MLflow run;
 - `reconcile` closes runs left RUNNING as KILLED; an Optuna trial left RUNNING whose run FINISHED
   is told COMPLETE with the run's values; one without is marked FAIL (user attr
-  `hebbrobust_cut_off`) and its parameters enqueued to run again. Then `run.resume_study` runs
+  `hebbrobust_cut_off`) and its parameters enqueued to run again. A trial that FAILED because a
+  write found the disk full (reason `disk full: ...`) is marked and enqueued the same way: the
+  cause was the machine, not the trial. Then `run.resume_study` runs
   num_trials - COMPLETE - FAIL(not cut off) more trials against the same Optuna study.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec
-from hebbrobust.study.record import CUT_OFF_ATTR, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record, set_trial_attr
+from hebbrobust.study.record import CUT_OFF_ATTR, DISK_FULL, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record, set_trial_attr
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Resume:
     closed_runs: int = 0  # MLflow runs left RUNNING by the stopped driver, now KILLED
     recovered: int = 0  # Optuna trials left RUNNING whose MLflow run had FINISHED: told COMPLETE
     cut_off: int = 0  # Optuna trials left RUNNING without a finished run: FAIL + enqueued again
+    disk_full: int = 0  # Optuna trials FAILED for want of disk space: marked cut off + enqueued again
     remaining: int = 0  # trials still to run
     best: dict[str, float | None] = field(default_factory=dict)  # best objective values so far
 
@@ -72,6 +75,14 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
         else:
             _cut_off(study, meta, trial)
             out.cut_off += 1
+    latest = runs.drop_duplicates("trial_id", keep="last") if len(runs) else runs
+    reasons = {str(r["trial_id"]): str(r.get("reason") or "") for _, r in latest.iterrows()}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        reason = reasons.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)), "")
+        if CUT_OFF_ATTR not in trial.user_attrs and reason.startswith(DISK_FULL):
+            set_trial_attr(meta["optuna_storage"], meta["name"], trial.number, CUT_OFF_ATTR, reason)  # first: no twice
+            study.enqueue_trial(dict(trial.params), user_attrs={RERUN_ATTR: trial.number}, skip_if_exists=False)
+            out.disk_full += 1
     _tally(out, study.get_trials(deepcopy=False), objectives, int(meta["num_trials"]))
     return out
 

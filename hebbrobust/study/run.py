@@ -24,7 +24,14 @@ from hebbrobust.config import StudySpec
 from hebbrobust.errors import HebbrobustError
 from hebbrobust.study import directory as sd
 from hebbrobust.study.callbacks import SINKS, ProgressCallback, ProgressFn, TrialRunCloser, close_open_runs
-from hebbrobust.study.record import TUNE_TRIAL_ATTR, StudyOutcome, outcome, read_study, set_trial_attr
+from hebbrobust.study.record import (
+    TUNE_TRIAL_ATTR,
+    StudyOutcome,
+    create_optuna_study,
+    outcome,
+    read_study,
+    set_trial_attr,
+)
 from hebbrobust.study.resume import Resume, reconcile
 from hebbrobust.study.session import check_address, quiet_tune, ray_session, trial_resources
 from hebbrobust.study.space import (
@@ -171,25 +178,9 @@ def _start(spec: StudySpec, spec_path: Path | str | None, study_dir: Path, targe
         "parent_run_id": parent, "optuna_storage": f"sqlite:///{study_dir / sd.OPTUNA_FILE}",
         "tune_path": str(study_dir / sd.TUNE_DIR), "tune_sessions": [sd.TUNE_DIR], "num_trials": num_samples(spec),
     }  # fmt: skip
-    _create_optuna_study(spec, meta["optuna_storage"])
+    create_optuna_study(spec, meta["optuna_storage"])
     sd.write_meta(study_dir, meta)
     return meta
-
-
-def _create_optuna_study(spec: StudySpec, storage: str) -> None:
-    """The study's Optuna record, its objectives named (optuna-dashboard labels them by name);
-    OptunaSearch loads it (load_if_exists)."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    up, down = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
-    directions = [up if o.mode == "max" else down for o in spec.objectives]
-    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions, load_if_exists=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([o.metric for o in spec.objectives])
 
 
 def study_description(spec: StudySpec, study_dir: Path) -> str:
