@@ -153,6 +153,7 @@ class StudyRecord:
         raw = tracking.read_trials(self.target, self.parent_run_id)
         if raw.empty:
             raw = pd.DataFrame(columns=["run_id", "trial_id", "status", "reason", KIND])
+        raw = raw.assign(**{m: float("nan") for m, _ in self.objectives if m not in raw.columns})  # none reported
         marked = with_front(raw, self.objectives)
         lead = ["trial_id", KIND, *[m for m, _ in self.objectives], *self.spec.space, "on_front", "pareto_rank"]
         first = list(dict.fromkeys(c for c in [*lead, "status"] if c in marked.columns))
@@ -184,6 +185,8 @@ def write_front(trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, 
 
     from hebbrobust import plots
 
+    missing = {m: float("nan") for m, _ in objectives if m not in trials.columns}  # every trial failed so far
+    trials = trials.assign(**missing) if missing else trials
     trials = trials if "on_front" in trials.columns else with_front(trials, objectives)
     paths = {name: Path(out_dir) / name for name in FRONT_FILES}
     front_table(trials, objectives).to_csv(paths["front.csv"], index=False)
