@@ -308,7 +308,9 @@ def test_a_full_disk_fails_trials_in_one_line_and_resume_finishes_after_space_is
     assert "2 failed on a full disk run again" in text, text
     study = optuna.load_study(study_name="full", storage=f"sqlite:///{study_dir}/optuna.db")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
-    assert [r.info.status for r in children(study_runs(uri, "full"))].count("FINISHED") == 2
+    after = children(study_runs(uri, "full"))
+    assert sorted(r.info.status for r in after) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]  # no FAILED left
+    assert "trials: 2 finished, 0 failed" in text
 
 
 # --------------------------------------------------------------------------- two studies, one cache

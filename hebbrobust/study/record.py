@@ -23,6 +23,7 @@ from hebbrobust.study.directory import SPEC_FILE, filter_cache_dir, find_study_d
 TUNE_TRIAL_ATTR = "tune_trial_id"  # Optuna user attr: the Ray Tune trial that ran this Optuna trial
 CUT_OFF_ATTR = "hebbrobust_cut_off"  # Optuna user attr on a trial failed by a resume: why
 RERUN_ATTR = "hebbrobust_rerun_of"  # Optuna user attr on an enqueued rerun: the cut-off trial's number
+DISK_RERUN_ATTR = "hebbrobust_disk_full_rerun_of"  # Optuna user attr on the rerun of a trial failed on a full disk
 DISK_FULL = "disk full"  # how a trial's failure reason starts when a write found no space: resume reruns it
 KIND = "model.kind"
 FRONT_FILES = ("front.csv", "trials.csv", "front.png")

@@ -13,7 +13,8 @@ truncated tuner.pkl (ray issue 58179) would stop the resume outright. So:
 - `reconcile` closes runs left RUNNING as KILLED; an Optuna trial left RUNNING whose run FINISHED
   is told COMPLETE with the run's values; one without is marked FAIL (user attr
   `hebbrobust_cut_off`) and its parameters enqueued to run again. A trial that FAILED because a
-  write found the disk full (reason `disk full: ...`) is marked and enqueued the same way: the
+  write found the disk full (reason `disk full: ...`) is enqueued again the same way (the rerun
+  carries `hebbrobust_disk_full_rerun_of`, so it is enqueued once and the FAIL does not count): the
   cause was the machine, not the trial. Then `run.resume_study` runs
   num_trials - COMPLETE - FAIL(not cut off) more trials against the same Optuna study.
 """
@@ -27,7 +28,15 @@ from typing import Any
 
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec
-from hebbrobust.study.record import CUT_OFF_ATTR, DISK_FULL, RERUN_ATTR, TUNE_TRIAL_ATTR, optuna_record, set_trial_attr
+from hebbrobust.study.record import (
+    CUT_OFF_ATTR,
+    DISK_FULL,
+    DISK_RERUN_ATTR,
+    RERUN_ATTR,
+    TUNE_TRIAL_ATTR,
+    optuna_record,
+    set_trial_attr,
+)
 
 
 @dataclass
@@ -75,14 +84,7 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
         else:
             _cut_off(study, meta, trial)
             out.cut_off += 1
-    latest = runs.drop_duplicates("trial_id", keep="last") if len(runs) else runs
-    reasons = {str(r["trial_id"]): str(r.get("reason") or "") for _, r in latest.iterrows()}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        reason = reasons.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)), "")
-        if CUT_OFF_ATTR not in trial.user_attrs and reason.startswith(DISK_FULL):
-            set_trial_attr(meta["optuna_storage"], meta["name"], trial.number, CUT_OFF_ATTR, reason)  # first: no twice
-            study.enqueue_trial(dict(trial.params), user_attrs={RERUN_ATTR: trial.number}, skip_if_exists=False)
-            out.disk_full += 1
+    out.disk_full = _rerun_disk_full(study, runs, target)
     _tally(out, study.get_trials(deepcopy=False), objectives, int(meta["num_trials"]))
     return out
 
@@ -97,11 +99,37 @@ def _cut_off(study: Any, meta: Mapping[str, Any], trial: Any) -> None:
     study.tell(trial.number, state=TrialState.FAIL)
 
 
+def _rerun_disk_full(study: Any, runs: Any, target: tracking.TrackingTarget) -> int:
+    """Enqueues again, once, each FAIL trial whose last MLflow attempt failed `disk full: ...` (a
+    finished Optuna trial takes no new attrs: the rerun carries DISK_RERUN_ATTR = its number); that
+    run becomes KILLED (cut off, reason kept), so it is not counted as a failed trial."""
+    from optuna.trial import TrialState
+
+    latest = runs.drop_duplicates("trial_id", keep="last") if len(runs) else runs
+    last = {str(r["trial_id"]): r for _, r in latest.iterrows()}
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs.get(DISK_RERUN_ATTR) for t in trials}
+    count = 0
+    for trial in trials:
+        run = last.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)))
+        if run is None or trial.state != TrialState.FAIL or trial.number in rerun:
+            continue
+        if str(run.get("reason") or "").startswith(DISK_FULL):
+            attrs = {RERUN_ATTR: trial.number, DISK_RERUN_ATTR: trial.number}
+            study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
+            tracking.set_run_status(target, str(run["run_id"]), "KILLED")
+            count += 1
+    return count
+
+
 def _tally(out: Resume, trials: list[Any], objectives: list[tuple[str, str]], total: int) -> None:
     from optuna.trial import TrialState
 
+    rerun = {t.user_attrs.get(DISK_RERUN_ATTR) for t in trials}
     out.finished = sum(t.state == TrialState.COMPLETE for t in trials)
-    out.failed = sum(t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs for t in trials)
+    out.failed = sum(
+        t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs and t.number not in rerun for t in trials
+    )
     out.remaining = max(0, total - out.finished - out.failed)
     for i, (metric, mode) in enumerate(objectives):
         values = [t.values[i] for t in trials if t.state == TrialState.COMPLETE and t.values]
