@@ -184,14 +184,22 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     driver = start("study", "run", str(spec_file), "--storage", "studies", "--tracking-uri", uri)
     chaos.thread.start()
-    driver_kills = resumes = 0
+    driver_kills = resumes = crashes = 0
     try:
         while True:
             if driver.poll() is not None:
-                if driver.returncode != 0:
-                    print(f"driver exited {driver.returncode}; see {work / 'drivers.log'}", file=sys.stderr)
+                if driver.returncode == 0:
+                    break
+                # a driver death the soak did not cause (e.g. Tune raising on Ray's OOM-monitor kills):
+                # counted apart, and resumed like the planned ones, at most --crash-resumes times
+                crashes += 1
+                print(f"driver exited {driver.returncode} (crash {crashes}); see {work / 'drivers.log'}", file=sys.stderr)
+                if crashes > args.crash_resumes:
                     return 1
-                break
+                kill_group(driver)
+                driver = start("study", "resume", str(study_dir))
+                resumes += 1
+                continue
             finished = sum(r.info.status == "FINISHED" for r in mlflow_children(uri, name))
             running = sum(r.info.status == "RUNNING" for r in mlflow_children(uri, name))
             if kill_at and finished >= kill_at[0] and running:
@@ -241,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
         compared.append((t.number, list(t.values), want, same))
     table = {
         "trials": args.trials, "concurrent": args.concurrent, "worker kills": chaos.kills,
-        "driver kills": driver_kills, "resumes": resumes, "wall s": round(wall),
+        "driver kills": driver_kills, "driver crashes (not ours)": crashes, "resumes": resumes,
+        "wall s": round(wall),
         "COMPLETE/PRUNED": len(done), "cut off (rerun)": len(cut_off), "other non-complete": len(other) - len(cut_off),
         "FINISHED runs": sum(len(v) for v in finished_runs.values()), "RUNNING leftovers": still_running,
         "trials lost": lost, "trials doubled": doubled, "Optuna/MLflow unmatched": unmatched,
@@ -281,6 +290,7 @@ def main() -> None:
     ap.add_argument("--worker-low", type=float, default=15.0, help="seconds between worker kills, at least")
     ap.add_argument("--worker-high", type=float, default=40.0, help="... at most")
     ap.add_argument("--check", type=int, default=6, help="finished trials run again alone and compared")
+    ap.add_argument("--crash-resumes", type=int, default=3, help="driver crashes not caused by the soak resumed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=3 * 3600.0)
     ap.add_argument("--out", type=Path, default=None, help="work directory (kept); default a temp dir, removed on PASS")
