@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
                 # a driver death the soak did not cause (e.g. Tune raising on Ray's OOM-monitor kills):
                 # counted apart, and resumed like the planned ones, at most --crash-resumes times
                 crashes += 1
-                print(f"driver exited {driver.returncode} (crash {crashes}); see {work / 'drivers.log'}", file=sys.stderr)
+                print(f"driver exited {driver.returncode} (crash {crashes})", file=sys.stderr)
                 if crashes > args.crash_resumes:
                     return 1
                 kill_group(driver)
