@@ -438,7 +438,7 @@ def test_resume_of_a_broken_study_dir_is_one_line_with_a_way_on(tmp_path: Path) 
         end_group(holder, grace=2.0)
     (study_dir / "optuna.db").write_bytes(b"not a database at all" * 100)
     result = runner.invoke(app, ["study", "resume", str(study_dir)])
-    assert result.exit_code == 1 and "unreadable Optuna record" in result.stderr, result.output
+    assert result.exit_code == 1 and "Optuna record is damaged (DatabaseError" in result.stderr, result.output
     assert not (tmp_path / "mlflow.db").exists()
 
 

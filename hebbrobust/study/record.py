@@ -67,7 +67,7 @@ def check_stores(meta: dict[str, Any]) -> None:
     file and the way on, before anything reads or writes it."""
     storage, uri = str(meta["optuna_storage"]), str(meta["tracking_uri"])
     path = Path(storage.removeprefix("sqlite:///"))
-    if storage.startswith("sqlite:///") and path.exists() and (why := sqlite_problem(path)):
+    if storage.startswith("sqlite:///") and (why := sqlite_problem(path)):
         raise HebbrobustError(f"{path}: the study's Optuna record is {why}; {repair_hint(meta)}")
     if uri.startswith("sqlite:///") and (why := sqlite_problem(db := Path(uri.removeprefix("sqlite:///")))):
         raise HebbrobustError(
