@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,6 +38,9 @@ import torch
 from filelock import FileLock, Timeout
 
 from hebbrobust.config import TrialConfig
+from hebbrobust.fileio import as_disk_full
+
+log = logging.getLogger(__name__)
 
 RULE_VERSION = 2  # bump when the rule's code changes what it computes (2: float64 accumulation)
 FEATURES_DIR = "features"  # the feature cache's subdirectory of a filter cache
@@ -93,8 +97,12 @@ def cached_filters(
     entry = root / key
     with FileLock(str(root / f"{key}.lock")):
         if (entry / "meta.json").exists():
-            weights, curves, meta = _load(entry)
-            return CacheOutcome(weights, curves, key, True, float(meta["train_seconds"]))
+            try:
+                weights, curves, meta = _load(entry)
+                return CacheOutcome(weights, curves, key, True, float(meta["train_seconds"]))
+            except Exception as e:  # noqa: BLE001 - truncated/overwritten files: rebuilt below
+                first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+                log.warning("%s: damaged cache entry (%s: %s); training it again", entry, e.__class__.__name__, first)
         start = time.perf_counter()
         weights, curves = train()
         seconds = time.perf_counter() - start
@@ -105,9 +113,14 @@ def cached_filters(
             (tmp / "key.json").write_text(json.dumps(content, indent=2, sort_keys=True))
             # meta.json last: an entry counts only once it is complete
             (tmp / "meta.json").write_text(json.dumps({"train_seconds": seconds, "created": time.time()}))
-            if entry.exists():  # a leftover without meta.json (older crash): replace it
+            if entry.exists():  # a leftover without meta.json (older crash) or a damaged entry: replace it
                 shutil.rmtree(entry)
             os.rename(tmp, entry)
+        except Exception as e:
+            full = as_disk_full(e, tmp / "weights.pt")  # no half entry either way: tmp goes below
+            if full is None or full is e:
+                raise
+            raise full from e
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -230,12 +243,17 @@ def cached_features(
 
 
 def list_entries(root: Path) -> list[dict[str, Any]]:
-    """One row per complete entry: key, size in bytes, age, training seconds and the key's content."""
+    """One row per complete entry: key, size in bytes, age, training seconds and the key's content
+    (a damaged entry is left out with a warning; the next trial that needs it trains it again)."""
     rows = []
     for entry in sorted(Path(root).glob("[!.]*/meta.json")):  # not a writer's .tmp- directory
         d = entry.parent
-        meta = json.loads(entry.read_text())
-        content = json.loads((d / "key.json").read_text())
+        try:
+            meta = json.loads(entry.read_text())
+            content = json.loads((d / "key.json").read_text())
+        except (OSError, ValueError) as e:
+            log.warning("%s: damaged cache entry (%s); the next trial that needs it trains it again", d, e)
+            continue
         size = sum(f.stat().st_size for f in d.iterdir())
         rows.append({
             "key": d.name, "bytes": size, "created": meta["created"], "train_seconds": meta["train_seconds"],
@@ -259,7 +277,10 @@ def clear(root: Path, older_than_s: float | None = None) -> int:
         if not d.is_dir():
             continue
         meta = d / "meta.json"
-        created = json.loads(meta.read_text())["created"] if meta.exists() else d.stat().st_mtime
+        try:
+            created = float(json.loads(meta.read_text())["created"])
+        except (OSError, ValueError, KeyError, TypeError):  # a killed write's leftover, or damaged
+            created = d.stat().st_mtime
         if older_than_s is None or now - created > older_than_s:
             key = d.name.split("-")[1] if d.name.startswith(".tmp-") else d.name
             with FileLock(str(root / f"{key}.lock")):

@@ -251,7 +251,8 @@ def _print_outcome(outcome: Any) -> None:
     if r:
         out.print(
             f"resumed: {r['closed_runs']} cut-off runs closed KILLED, {r['recovered']} trials recovered from MLflow, "
-            f"{r['cut_off']} run again, {r['remaining']} still to run at the start"
+            f"{r['cut_off']} run again, {r.get('disk_full', 0)} failed on a full disk run again, "
+            f"{r['remaining']} still to run at the start"
         )
     out.print(f"study dir:  {outcome.study_dir}")
     out.print(f"MLflow:     {outcome.tracking_uri}  experiment {outcome.experiment!r}")
@@ -301,6 +302,30 @@ def study_resume(
     with _progress() as progress:
         outcome = resume_study(find_study_dir(study_dir, storage), address=address, on_progress=StudyBar(progress))
     _print_outcome(outcome)
+
+
+@study_app.command("repair")
+@friendly
+def study_repair(
+    study_dir: Annotated[Path, typer.Argument(help="the study directory (it holds spec.yaml)")],
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="the MLflow store holding its runs (default: the study's)")
+    ] = None,
+) -> None:
+    """Rebuild a damaged study.json or optuna.db from spec.yaml and the trial runs in MLflow."""
+    from hebbrobust.study.repair import repair_study
+
+    done = repair_study(study_dir, tracking_uri=tracking_uri)
+    if not done.rebuilt:
+        out.print(f"{study_dir}: nothing damaged, nothing rebuilt")
+        return
+    out.print(f"rebuilt {', '.join(done.rebuilt)} in {study_dir}")
+    if "optuna.db" in done.rebuilt:
+        out.print(f"Optuna trials from MLflow: {done.complete} complete, {done.failed} failed, "
+                  f"{done.rerun} cut off (run again on resume), {done.skipped} skipped (no longer in the space)")
+    for path in done.moved_aside:
+        out.print(f"damaged file kept as {path}")
+    out.print(f"continue with `hebbrobust study resume {study_dir}`")
 
 
 @study_app.command("list")

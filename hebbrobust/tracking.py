@@ -285,6 +285,25 @@ def log_run(
     return str(run.info.run_id)
 
 
+def find_parent_runs(target: TrackingTarget, study: str) -> list[dict[str, Any]]:
+    """The parent runs of study `study` in the experiment, newest first: run_id, start_time (ms),
+    num_trials (as logged) and the study directory it was started in."""
+    try:
+        runs = target.client().search_runs(
+            [target.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=100,
+        )
+    except MlflowException as e:
+        raise _fail(f"cannot read the parent runs of study {study!r}", target.uri, e) from None
+    return [
+        {"run_id": r.info.run_id, "start_time": r.info.start_time, "num_trials": r.data.params.get("num_trials"),
+         "study_dir": r.data.tags.get("hebbrobust.study_dir")}
+        for r in runs
+    ]  # fmt: skip
+
+
 def set_run_status(target: TrackingTarget, run_id: str, status: str) -> None:
     """RUNNING (a resumed study) or a terminal status: FINISHED, FAILED, KILLED."""
     client = target.client()

@@ -6,7 +6,6 @@ Progress goes through `on_epoch(stage, epoch, total, metrics)`; nothing here pri
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from hebbrobust.config import OptimConfig, RuleConfig
 from hebbrobust.errors import TrialError
 from hebbrobust.evaluate import filter_convergence
+from hebbrobust.fileio import atomic_write
 from hebbrobust.models import HebbCNN
 from hebbrobust.rules import krotov
 
@@ -41,9 +41,8 @@ def _save_checkpoint(path: Path | None, state: dict[str, Any]) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a run killed mid-save keeps the previous epoch's checkpoint
+    # atomic: a run killed mid-save, or out of disk space, keeps the previous epoch's checkpoint
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:

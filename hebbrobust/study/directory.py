@@ -1,7 +1,10 @@
 """A study's directory on disk, Ray-free: its paths, study.json, the driver lock, finding studies.
 
-A study directory (`<storage>/<name>/`, every path in it absolute) holds:
-    study.json   where everything is: MLflow URI, experiment, parent run, Optuna storage, Tune state
+A study directory (`<storage>/<name>/`) holds:
+    study.json   where everything is: MLflow URI, experiment, parent run, Optuna storage, Tune state;
+                 paths inside the study directory are stored relative to it, and so is a sqlite MLflow
+                 store up to two levels above it (the default ./mlflow.db beside ./hebbrobust-studies/),
+                 so a study moved or copied elsewhere (with that store) reads and writes its new place
     spec.yaml    the spec as run (paths absolute), so resume and report need nothing else
     optuna.db    the Optuna RDB study (optuna-dashboard sqlite:///<dir>/optuna.db)
     tune/        Ray Tune's experiment state (tune-resume-<n>/ for each resumed session; not needed to resume)
@@ -30,20 +33,77 @@ LOCK_FILE = "driver.lock"
 DEFAULT_STORAGE = "hebbrobust-studies"
 
 
+NEEDED = ("name", "tracking_uri", "experiment", "experiment_id", "parent_run_id", "optuna_storage", "num_trials")
+TRACKING_DB = "tracking_db"  # study.json: the sqlite MLflow store relative to the study dir, when it is near
+_SQLITE = "sqlite:///"
+_NEAR = 2  # a sqlite MLflow store this many levels above the study dir (or below it) is stored relative
+
+
 def read_meta(study_dir: Path) -> dict[str, Any]:
-    """study.json of `study_dir`, or a one-line error."""
+    """study.json of `study_dir`, its relative paths made absolute against `study_dir` (old
+    study.json files with absolute paths read as they are), or a one-line error with the way on."""
     path = study_dir / STUDY_FILE
     try:
         meta: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         raise HebbrobustError(f"{study_dir}: not a study directory (no {STUDY_FILE})") from None
     except (OSError, ValueError) as e:
-        raise HebbrobustError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
-    return meta
+        raise HebbrobustError(
+            f"{path}: unreadable ({e.__class__.__name__}: {str(e)[:120]}); "
+            f"`hebbrobust study repair {study_dir}` rebuilds it from spec.yaml and MLflow"
+        ) from None
+    missing = [k for k in NEEDED if k not in meta] if isinstance(meta, dict) else list(NEEDED)
+    if missing:
+        raise HebbrobustError(
+            f"{path}: damaged (missing {', '.join(missing)}); "
+            f"`hebbrobust study repair {study_dir}` rebuilds it from spec.yaml and MLflow"
+        )
+    return absolute_meta(study_dir, meta)
 
 
 def write_meta(study_dir: Path, meta: dict[str, Any]) -> None:
-    write_json(study_dir / STUDY_FILE, meta)
+    write_json(study_dir / STUDY_FILE, relative_meta(study_dir, meta))
+
+
+def relative_near(path: Path, root: Path) -> str | None:
+    """`path` relative to `root` (with .. for up to _NEAR levels above it), or None when farther."""
+    root, path = root.resolve(), path.resolve()
+    for up, base in enumerate([root, *list(root.parents)[:_NEAR]]):
+        if path.is_relative_to(base) and base != Path(base.anchor):
+            return str(Path(*[".."] * up, path.relative_to(base)))
+    return None
+
+
+def relative_meta(study_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """study.json as stored: the Optuna storage and Tune path relative to `study_dir`; a sqlite MLflow
+    store near it also as `tracking_db` (relative), beside the absolute `tracking_uri` it was made with."""
+    out = dict(meta)
+    storage = str(meta.get("optuna_storage", ""))
+    if storage.startswith(_SQLITE) and (rel := relative_near(Path(storage[len(_SQLITE) :]), study_dir)) is not None:
+        out["optuna_storage"] = rel
+    if meta.get("tune_path") and (rel := relative_near(Path(meta["tune_path"]), study_dir)) is not None:
+        out["tune_path"] = rel
+    uri = str(meta.get("tracking_uri", ""))
+    out.pop(TRACKING_DB, None)
+    if uri.startswith(_SQLITE) and (rel := relative_near(Path(uri[len(_SQLITE) :]), study_dir)) is not None:
+        out[TRACKING_DB] = rel
+    return out
+
+
+def absolute_meta(study_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """study.json as used: relative paths joined to `study_dir`; `tracking_db` (when that file is
+    there) wins over the recorded `tracking_uri`, else the recorded one is used (a study moved
+    without its store still finds it where it was)."""
+    out = dict(meta)
+    storage = str(meta["optuna_storage"])
+    if "://" not in storage:
+        out["optuna_storage"] = f"{_SQLITE}{(study_dir / storage).resolve()}"
+    if meta.get("tune_path") and not Path(meta["tune_path"]).is_absolute():
+        out["tune_path"] = str((study_dir / meta["tune_path"]).resolve())
+    db = out.pop(TRACKING_DB, None)
+    if db and (study_dir / db).resolve().is_file():
+        out["tracking_uri"] = f"{_SQLITE}{(study_dir / db).resolve()}"
+    return out
 
 
 def storage_root(storage: Path | str | None, spec: StudySpec | None = None) -> Path:

@@ -16,6 +16,7 @@ from hebbrobust import hypervolume as hv
 from hebbrobust import tracking
 from hebbrobust.config import StudySpec, load_study
 from hebbrobust.errors import HebbrobustError
+from hebbrobust.fileio import sqlite_problem
 from hebbrobust.metrics import CLEAN_ACC, GATED_REASON, TRAIN_SECONDS, UNCONVERGED_FRAC
 from hebbrobust.numeric import Objectives, front_table, with_front
 from hebbrobust.study.directory import SPEC_FILE, filter_cache_dir, find_study_dir, read_meta, storage_root, study_dirs
@@ -25,6 +26,8 @@ CUT_OFF_ATTR = "hebbrobust_cut_off"  # Optuna user attr on a trial failed by a r
 RERUN_ATTR = "hebbrobust_rerun_of"  # Optuna user attr on an enqueued rerun: the cut-off trial's number
 GATED_ATTR = "hebbrobust_gated"  # Optuna user attr on a trial gated at rule.min_converged (PRUNED): why
 STOPPED_ATTR = "hebbrobust_stopped_at_rung"  # Optuna user attr on a trial the scheduler stopped (PRUNED)
+DISK_RERUN_ATTR = "hebbrobust_disk_full_rerun_of"  # Optuna user attr on the rerun of a trial failed on a full disk
+DISK_FULL = "disk full"  # how a trial's failure reason starts when a write found no space: resume reruns it
 KIND = "model.kind"
 FRONT_FILES = ("front.csv", "trials.csv", "front.png")
 HYPERVOLUME_FILES = ("hypervolume.csv", "hypervolume.png")
@@ -51,12 +54,47 @@ def load_optuna_study(storage_url: str, name: str, *, again: str = "") -> Any:
 
 def optuna_record(meta: dict[str, Any]) -> Any:
     """The Optuna study of a study.json, or a one-line error that says how to go on."""
-    again = (
-        f"its finished trials stay in MLflow ({meta['tracking_uri']}, experiment {meta['experiment']!r}); "
-        f"to go on, start a new study: hebbrobust study run {meta.get('spec_source') or 'SPEC'} "
-        f"--set name={meta['name']}-2"
+    return load_optuna_study(meta["optuna_storage"], meta["name"], again=repair_hint(meta))
+
+
+def repair_hint(meta: dict[str, Any]) -> str:
+    """The way on when the Optuna record is lost: rebuilt from the trial runs in MLflow."""
+    where = Path(str(meta["optuna_storage"]).removeprefix("sqlite:///")).parent
+    return (
+        f"`hebbrobust study repair {where}` rebuilds it from the trial runs in MLflow "
+        f"({meta['tracking_uri']}, experiment {meta['experiment']!r})"
     )
-    return load_optuna_study(meta["optuna_storage"], meta["name"], again=again)
+
+
+def check_stores(meta: dict[str, Any]) -> None:
+    """A damaged (truncated, overwritten) sqlite Optuna or MLflow store, as a one-line error naming the
+    file and the way on, before anything reads or writes it."""
+    storage, uri = str(meta["optuna_storage"]), str(meta["tracking_uri"])
+    path = Path(storage.removeprefix("sqlite:///"))
+    if storage.startswith("sqlite:///") and (why := sqlite_problem(path)):
+        raise HebbrobustError(f"{path}: the study's Optuna record is {why}; {repair_hint(meta)}")
+    if uri.startswith("sqlite:///") and (why := sqlite_problem(db := Path(uri.removeprefix("sqlite:///")))):
+        raise HebbrobustError(
+            f"{db}: the MLflow store is {why}; restore it from a backup (the trial runs live only there; "
+            f"the Optuna record {storage.removeprefix('sqlite:///')} and the trials/ files are intact)"
+        )
+
+
+def create_optuna_study(spec: StudySpec, storage: str) -> Any:
+    """The study's Optuna record, its objectives named (optuna-dashboard labels them by name);
+    OptunaSearch loads it (load_if_exists)."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    up, down = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
+    directions = [up if o.mode == "max" else down for o in spec.objectives]
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions, load_if_exists=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in spec.objectives])
+    return study
 
 
 def set_trial_attr(storage: Any, study_name: str, number: int, key: str, value: Any) -> None:
@@ -134,6 +172,7 @@ class StudyRecord:
         raw = tracking.read_trials(self.target, self.parent_run_id)
         if raw.empty:
             raw = pd.DataFrame(columns=["run_id", "trial_id", "status", "reason", KIND])
+        raw = raw.assign(**{m: float("nan") for m, _ in self.objectives if m not in raw.columns})  # none reported
         marked = with_front(raw, self.objectives)
         lead = ["trial_id", KIND, *[m for m, _ in self.objectives], *self.spec.space, "on_front", "pareto_rank"]
         first = list(dict.fromkeys(c for c in [*lead, "status"] if c in marked.columns))
@@ -187,6 +226,8 @@ def write_front(trials: pd.DataFrame, objectives: Objectives, out_dir: Path, *, 
 
     from hebbrobust import plots
 
+    missing = {m: float("nan") for m, _ in objectives if m not in trials.columns}  # every trial failed so far
+    trials = trials.assign(**missing) if missing else trials
     trials = trials if "on_front" in trials.columns else with_front(trials, objectives)
     paths = {name: Path(out_dir) / name for name in FRONT_FILES}
     front_table(trials, objectives).to_csv(paths["front.csv"], index=False)
@@ -227,6 +268,7 @@ def read_study(study_dir: Path | str, *, tracking_uri: str | None = None) -> Stu
     except OSError as e:
         raise HebbrobustError(f"{study_dir}: not a study directory (no {SPEC_FILE}: {e.__class__.__name__})") from None
     spec = load_study(study_dir / SPEC_FILE)
+    check_stores(meta)
     target = tracking.TrackingTarget(meta["tracking_uri"], meta["experiment"], str(meta["experiment_id"]))
     if tracking_uri:
         uri = tracking.resolve_tracking_uri(tracking_uri)

@@ -13,8 +13,11 @@ truncated tuner.pkl (ray issue 58179) would stop the resume outright. So:
 - `reconcile` closes runs left RUNNING as KILLED; an Optuna trial left RUNNING whose run FINISHED
   is told COMPLETE with the run's values; one without is marked FAIL (user attr
   `hebbrobust_cut_off`) and its parameters enqueued to run again; a gated one (FINISHED run with
-  `hebbrobust.gated`) is told PRUNED. Then `run.resume_study` runs
-  num_trials - COMPLETE - PRUNED - FAIL(not cut off) more trials against the same Optuna study.
+  `hebbrobust.gated`) is told PRUNED. A trial that FAILED because a write found the disk full (reason
+  `disk full: ...`) is enqueued again the same way (the rerun carries `hebbrobust_disk_full_rerun_of`,
+  so it is enqueued once and the FAIL does not count): the cause was the machine, not the trial.
+  Then `run.resume_study` runs num_trials - COMPLETE - PRUNED - FAIL(not cut off, not rerun) more
+  trials against the same Optuna study.
 - a trial the scheduler (MOASHA) stopped is PRUNED (user attr `hebbrobust_stopped_at_rung`) and its run
   KILLED with tag `hebbrobust.stopped_at_rung`; one left RUNNING in Optuna whose run carries the tag
   (the driver died between the stop and the tell) is told PRUNED here. PRUNED trials with that attr
@@ -33,6 +36,8 @@ from hebbrobust.config import StudySpec
 from hebbrobust.metrics import GATED_REASON
 from hebbrobust.study.record import (
     CUT_OFF_ATTR,
+    DISK_FULL,
+    DISK_RERUN_ATTR,
     RERUN_ATTR,
     STOPPED_ATTR,
     TUNE_TRIAL_ATTR,
@@ -52,6 +57,7 @@ class Resume:
     cut_off: int = 0  # Optuna trials left RUNNING without a finished run: FAIL + enqueued again
     gated: int = 0  # Optuna PRUNED trials stopped at rule.min_converged (they count towards num_trials)
     stopped: int = 0  # Optuna PRUNED trials: stopped at a rung by the scheduler (they count towards num_trials)
+    disk_full: int = 0  # Optuna trials FAILED for want of disk space: marked cut off + enqueued again
     remaining: int = 0  # trials still to run
     best: dict[str, float | None] = field(default_factory=dict)  # best objective values so far
 
@@ -96,6 +102,7 @@ def reconcile(spec: StudySpec, meta: Mapping[str, Any], target: tracking.Trackin
         else:
             _cut_off(study, meta, trial)
             out.cut_off += 1
+    out.disk_full = _rerun_disk_full(study, runs, target)
     _tally(out, study.get_trials(deepcopy=False), objectives, int(meta["num_trials"]))
     return out
 
@@ -116,11 +123,37 @@ def _cut_off(study: Any, meta: Mapping[str, Any], trial: Any) -> None:
     study.tell(trial.number, state=TrialState.FAIL)
 
 
+def _rerun_disk_full(study: Any, runs: Any, target: tracking.TrackingTarget) -> int:
+    """Enqueues again, once, each FAIL trial whose last MLflow attempt failed `disk full: ...` (a
+    finished Optuna trial takes no new attrs: the rerun carries DISK_RERUN_ATTR = its number); that
+    run becomes KILLED (cut off, reason kept), so it is not counted as a failed trial."""
+    from optuna.trial import TrialState
+
+    latest = runs.drop_duplicates("trial_id", keep="last") if len(runs) else runs
+    last = {str(r["trial_id"]): r for _, r in latest.iterrows()}
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs.get(DISK_RERUN_ATTR) for t in trials}
+    count = 0
+    for trial in trials:
+        run = last.get(str(trial.user_attrs.get(TUNE_TRIAL_ATTR)))
+        if run is None or trial.state != TrialState.FAIL or trial.number in rerun:
+            continue
+        if str(run.get("reason") or "").startswith(DISK_FULL):
+            attrs = {RERUN_ATTR: trial.number, DISK_RERUN_ATTR: trial.number}
+            study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
+            tracking.set_run_status(target, str(run["run_id"]), "KILLED")
+            count += 1
+    return count
+
+
 def _tally(out: Resume, trials: list[Any], objectives: list[tuple[str, str]], total: int) -> None:
     from optuna.trial import TrialState
 
+    rerun = {t.user_attrs.get(DISK_RERUN_ATTR) for t in trials}
     out.finished = sum(t.state == TrialState.COMPLETE for t in trials)
-    out.failed = sum(t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs for t in trials)
+    out.failed = sum(
+        t.state == TrialState.FAIL and CUT_OFF_ATTR not in t.user_attrs and t.number not in rerun for t in trials
+    )
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     out.stopped = sum(STOPPED_ATTR in t.user_attrs for t in pruned)
     out.gated = len(pruned) - out.stopped

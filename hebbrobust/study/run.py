@@ -40,6 +40,7 @@ from hebbrobust.study.record import (
     STOPPED_ATTR,
     TUNE_TRIAL_ATTR,
     StudyOutcome,
+    create_optuna_study,
     outcome,
     read_study,
     set_trial_attr,
@@ -229,21 +230,11 @@ def _start(spec: StudySpec, spec_path: Path | str | None, study_dir: Path, targe
 
 
 def _create_optuna_study(spec: StudySpec, storage: str, spec_path: Path | str | None = None) -> None:
-    """The study's Optuna record, its objectives named (optuna-dashboard labels them by name), a
-    conditional grid's points enqueued (in grid order; shuffled when num_trials cuts the grid short);
-    OptunaSearch loads it (load_if_exists)."""
+    """The study's Optuna record (`record.create_optuna_study`), a conditional grid's points enqueued
+    (in grid order; shuffled when num_trials cuts the grid short); OptunaSearch loads it."""
     import random
-    import warnings
 
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    up, down = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
-    directions = [up if o.mode == "max" else down for o in spec.objectives]
-    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions, load_if_exists=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([o.metric for o in spec.objectives])
+    study = create_optuna_study(spec, storage)
     if spec.sampler.name == "grid" and is_conditional(spec):
         points = grid_points(spec, spec_path)
         if num_samples(spec) < len(points):

@@ -40,7 +40,9 @@ from typing import Any
 
 from hebbrobust.config import AttackConfig, StudySpec, TrialConfig, study_trial
 from hebbrobust.errors import TrialError
+from hebbrobust.fileio import disk_full
 from hebbrobust.metrics import GATED, GATED_REASON
+from hebbrobust.study.record import DISK_FULL
 from hebbrobust.tracking import GATED_TAG, HOST_TAG, NODE_TAG, TrackingTarget, TrialRun
 
 
@@ -131,6 +133,19 @@ def objective_problem(metrics: Mapping[str, Any], objectives: Sequence[tuple[str
             why = metrics.get(f"{name}_reason")
             return f"objective {name!r} is {metrics[name]!r}" + (f": {why}" if isinstance(why, str) else "")
     return None
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line: the TrialError's reason; `disk full: ...` naming the file when a write ran out of
+    space (checkpoint, cache entry, artifact); else the exception's class and first line."""
+    if (full := disk_full(e)) is not None:
+        where = f" writing {full.filename}" if full.filename else ""
+        return f"{DISK_FULL}: no space left on device{where}; free space, then `hebbrobust study resume` runs it again"
+    if isinstance(e, TrialError):
+        return e.reason
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{e.__class__.__name__}: {first}"
+
 
 
 def trial_config(spec: StudySpec, params: Mapping[str, Any], seed_index: int = 0, head_index: int = 0) -> TrialConfig:
@@ -297,7 +312,7 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             except Exception:
                 pass
             raise
-        reason = e.reason if isinstance(e, TrialError) else f"{e.__class__.__name__}: {e}"
+        reason = failure_reason(e)
         status = "FAILED" if isinstance(e, Exception) else "KILLED"
         try:
             run.fail(reason, traceback.format_exc(), status=status)
