@@ -264,6 +264,27 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def list_feature_entries(root: Path) -> list[dict[str, Any]]:
+    """One row per complete pooled-feature entry under `<root>/features`: key, size, last use, the seconds it
+    took to compute, the filter set it pools (that set's cache key) and the pool's settings."""
+    rows = []
+    for entry in sorted((Path(root) / FEATURES_DIR).glob("[!.]*/meta.json")):
+        d = entry.parent
+        try:
+            meta = json.loads(entry.read_text())
+            content = json.loads((d / "key.json").read_text())
+        except (OSError, ValueError) as e:
+            log.warning("%s: damaged feature entry (%s); the next trial that needs it pools again", d, e)
+            continue
+        rows.append({
+            "key": d.name, "bytes": (d / "features.npy").stat().st_size, "last_used": entry.stat().st_mtime,
+            "seconds": float(meta["seconds"]), "filter_set": key_hash(content["filters"]),
+            "pool": content["pool"], "pool_stride": content["pool_stride"], "dtype": content["dtype"],
+            "shape": "x".join(str(n) for n in meta["shape"]),
+        })
+    return rows
+
+
 def clear(root: Path, older_than_s: float | None = None) -> int:
     """Remove entries (and leftovers of killed writes) older than `older_than_s` (all when None)."""
     root = Path(root)

@@ -471,19 +471,27 @@ def cache_list(
     ] = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Entries of a filter cache: key, size, settings."""
-    from hebbrobust.cache import list_entries
+    """Entries of a filter cache and of its pooled-feature cache: key, size, settings."""
+    from hebbrobust.cache import list_entries, list_feature_entries
     from hebbrobust.study.record import filter_caches
 
     cols = ("key", "bytes", "train_seconds", "data", "filters", "kernel", "p", "k", "delta", "epochs", "seed")
+    fcols = ("key", "bytes", "seconds", "filter_set", "pool", "pool_stride", "dtype", "shape")
     for where in [cache_dir] if cache_dir is not None else filter_caches(storage):
-        rows = list_entries(where)
-        table = Table(title=f"{where}: {len(rows)} filter sets, {sum(r['bytes'] for r in rows) / 1e6:.1f} MB")
-        for col in cols:
-            table.add_column(col)
-        for r in rows:
-            table.add_row(*(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
-        out.print(table)
+        rows, frows = list_entries(where), list_feature_entries(where)
+        _print_rows(f"{where}: {len(rows)} filter sets, {sum(r['bytes'] for r in rows) / 1e6:.1f} MB", cols, rows)
+        if frows:
+            mb = sum(r["bytes"] for r in frows) / 1e6
+            _print_rows(f"{where}/features: {len(frows)} pooled-feature sets, {mb:.1f} MB", fcols, frows)
+
+
+def _print_rows(title: str, cols: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    table = Table(title=title)
+    for col in cols:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    out.print(table)
 
 
 @cache_app.command("clear")

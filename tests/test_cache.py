@@ -12,7 +12,16 @@ import pytest
 import torch
 from test_study import TINY_BASE, local_ray  # noqa: F401  (the study tests' tiny trial and real local Ray)
 
-from hebbrobust.cache import cached_features, cached_filters, clear, feature_key, filter_key, key_hash, list_entries
+from hebbrobust.cache import (
+    cached_features,
+    cached_filters,
+    clear,
+    feature_key,
+    filter_key,
+    key_hash,
+    list_entries,
+    list_feature_entries,
+)
 from hebbrobust.config import TrialConfig, with_params
 from hebbrobust.data import load_dataset
 from hebbrobust.trial import run_trial
@@ -220,6 +229,17 @@ def test_cached_features_equal_fresh_ones_bit_for_bit(tmp_path: Path) -> None:
     cached = torch.from_numpy(np.load(entry / "features.npy"))
     fresh = pool_features(plain.model, load_dataset(FEATURE_CFG.data).x_train, FEATURE_CFG.head.batch_size)
     assert fresh is not None and cached.dtype == fresh.dtype and torch.equal(cached, fresh)
+    # `cache list` shows the feature entries next to the filter set they pool
+    rows = list_feature_entries(tmp_path)
+    (filter_set,) = list_entries(tmp_path)
+    assert sorted(r["pool"] for r in rows) == [2, 3] and {r["filter_set"] for r in rows} == {filter_set["key"]}
+    assert sum(r["bytes"] for r in rows) == sum(f.stat().st_size for f in (tmp_path / "features").glob("*/*.npy"))
+    from typer.testing import CliRunner
+
+    from hebbrobust.cli import app
+
+    listed = CliRunner().invoke(app, ["cache", "list", str(tmp_path)], terminal_width=300)
+    assert listed.exit_code == 0 and "2 pooled-feature sets" in listed.stdout, listed.output
 
 
 def test_eviction_keeps_the_bound(tmp_path: Path) -> None:
