@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,47 +242,45 @@ def cached_features(
     return FeatureOutcome(mapped, key, False, seconds)
 
 
-def list_entries(root: Path) -> list[dict[str, Any]]:
-    """One row per complete entry: key, size in bytes, age, training seconds and the key's content
-    (a damaged entry is left out with a warning; the next trial that needs it trains it again)."""
-    rows = []
-    for entry in sorted(Path(root).glob("[!.]*/meta.json")):  # not a writer's .tmp- directory
-        d = entry.parent
+def _complete_entries(root: Path, what: str) -> Iterator[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """(entry, meta, key content) of every complete entry under root (not a writer's .tmp- directory); a
+    damaged entry is left out with a warning: the next trial that needs it makes it again."""
+    for meta_file in sorted(Path(root).glob("[!.]*/meta.json")):
         try:
-            meta = json.loads(entry.read_text())
-            content = json.loads((d / "key.json").read_text())
+            meta = json.loads(meta_file.read_text())
+            content = json.loads((meta_file.parent / "key.json").read_text())
         except (OSError, ValueError) as e:
-            log.warning("%s: damaged cache entry (%s); the next trial that needs it trains it again", d, e)
+            log.warning("%s: damaged %s entry (%s); the next trial that needs it makes it again",
+                        meta_file.parent, what, e)  # fmt: skip
             continue
-        size = sum(f.stat().st_size for f in d.iterdir())
-        rows.append({
-            "key": d.name, "bytes": size, "created": meta["created"], "train_seconds": meta["train_seconds"],
-            "data": content["data"]["name"], "filters": content["filters"], "kernel": content["kernel"],
-            "p": content["rule"]["p"], "k": content["rule"]["k"], "delta": content["rule"]["delta"],
-            "epochs": content["rule"]["epochs"], "seed": content["seed"],
-        })
-    return rows
+        yield meta_file.parent, meta, content
+
+
+def list_entries(root: Path) -> list[dict[str, Any]]:
+    """One row per complete filter set: key, size in bytes, age, training seconds and the key's content."""
+    return [
+        {
+            "key": d.name, "bytes": sum(f.stat().st_size for f in d.iterdir()), "created": meta["created"],
+            "train_seconds": meta["train_seconds"], "data": content["data"]["name"], "filters": content["filters"],
+            "kernel": content["kernel"], "p": content["rule"]["p"], "k": content["rule"]["k"],
+            "delta": content["rule"]["delta"], "epochs": content["rule"]["epochs"], "seed": content["seed"],
+        }
+        for d, meta, content in _complete_entries(root, "cache")
+    ]
 
 
 def list_feature_entries(root: Path) -> list[dict[str, Any]]:
-    """One row per complete pooled-feature entry under `<root>/features`: key, size, last use, the seconds it
-    took to compute, the filter set it pools (that set's cache key) and the pool's settings."""
-    rows = []
-    for entry in sorted((Path(root) / FEATURES_DIR).glob("[!.]*/meta.json")):
-        d = entry.parent
-        try:
-            meta = json.loads(entry.read_text())
-            content = json.loads((d / "key.json").read_text())
-        except (OSError, ValueError) as e:
-            log.warning("%s: damaged feature entry (%s); the next trial that needs it pools again", d, e)
-            continue
-        rows.append({
-            "key": d.name, "bytes": (d / "features.npy").stat().st_size, "last_used": entry.stat().st_mtime,
-            "seconds": float(meta["seconds"]), "filter_set": key_hash(content["filters"]),
-            "pool": content["pool"], "pool_stride": content["pool_stride"], "dtype": content["dtype"],
+    """One row per complete pooled-feature entry under `<root>/features`: key, file size, last use, the seconds
+    it took to compute, the filter set it pools (that set's cache key) and the pool's settings."""
+    return [
+        {
+            "key": d.name, "bytes": (d / "features.npy").stat().st_size, "last_used": (d / "meta.json").stat().st_mtime,
+            "seconds": float(meta["seconds"]), "filter_set": key_hash(content["filters"]), "pool": content["pool"],
+            "pool_stride": content["pool_stride"], "dtype": content["dtype"],
             "shape": "x".join(str(n) for n in meta["shape"]),
-        })
-    return rows
+        }
+        for d, meta, content in _complete_entries(Path(root) / FEATURES_DIR, "feature-cache")
+    ]
 
 
 def clear(root: Path, older_than_s: float | None = None) -> int:

@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -52,7 +53,7 @@ def cifar_slice(args: argparse.Namespace) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()] + [space, objectives]
 
 
-def run_once(spec_path: Path, sets: list[str]) -> dict[str, float]:
+def run_once(spec_path: Path, sets: list[str]) -> dict[str, Any]:
     """Runs one study in a temporary directory; its wall time and per-part sums over trials."""
     import mlflow
     import ray
@@ -86,6 +87,7 @@ def run_once(spec_path: Path, sets: list[str]) -> dict[str, float]:
     train, attacks = total("train_seconds"), total("attack_seconds")
     filters, features = total("filter_seconds"), total("feature_seconds")
     return {
+        "name": spec.name, "max_concurrent": spec.max_concurrent, "train": train,
         "trials": len(trials), "failed": outcome.counts.get("failed", 0), "ray": ray_start, "wall": study_wall,
         "filters": filters, "features": features, "head": train - filters - features, "attacks": attacks,
         "tracking": trial_wall - train - attacks, "trial_wall": trial_wall,
@@ -127,41 +129,15 @@ def main() -> None:
         cifar(args)
         return
 
-    import mlflow
-    import ray
-
-    from hebbrobust.config import load_study
-    from hebbrobust.study import run_study
-
     sets = list(args.set) + ([f"num_trials={args.num_trials}"] if args.num_trials else [])
     sets += ["filter_cache=false"] if args.no_filter_cache else []
-    spec = load_study(args.spec, sets)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), object_store_memory=200 * 1024**2, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
-        ray_start = time.perf_counter() - t0
-        try:
-            t1 = time.perf_counter()
-            outcome = run_study(spec, storage=Path(tmp) / "studies", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
-            study_wall = time.perf_counter() - t1
-        finally:
-            ray.shutdown()
-        trials = outcome.trials
-        runs = mlflow.MlflowClient(outcome.tracking_uri)
-        trial_wall = sum(
-            (r.info.end_time - r.info.start_time) / 1000
-            for r in (runs.get_run(i) for i in trials["run_id"])
-            if r.info.end_time
-        )
-    train = float(trials["train_seconds"].sum())
-    attack = float(trials["attack_seconds"].sum())
-    hits = int(trials.get("filters_cache_hit", trials["train_seconds"] * 0).fillna(0).sum())
-    n = len(trials)
+    r = run_once(args.spec, sets)
+    ray_start, study_wall, trial_wall = r["ray"], r["wall"], r["trial_wall"]
+    train, attack, n = r["train"], r["attacks"], int(r["trials"])
     total = ray_start + study_wall
-    print(f"study {spec.name}: {n} trials ({outcome.counts.get('failed', 0)} failed), "
-          f"{spec.max_concurrent} at a time, {os.cpu_count()} cores, filter cache "
-          f"{'off' if args.no_filter_cache else f'on ({hits} hits)'}")
+    cache = "off" if args.no_filter_cache else f"on ({r['filter_hits']:.0f} hits)"
+    print(f"study {r['name']}: {n} trials ({r['failed']:.0f} failed), {r['max_concurrent']:.0f} at a time, "
+          f"{os.cpu_count()} cores, filter cache {cache}")
     print(f"{'part':34s} {'seconds':>8s} {'share':>6s}")
     rows = [
         ("Ray start-up", ray_start, total),
