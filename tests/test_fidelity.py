@@ -183,6 +183,41 @@ def test_moasha_is_asynchronous_and_rungs_apart() -> None:
     assert "rung 0: 4" in sched.debug_string()
 
 
+def test_moasha_ranks_each_model_kind_apart_at_a_rung() -> None:
+    """Hand-made rung reports of two kinds, every local one dominated by every backprop one: each kind
+    keeps exactly its own non-dominated share (ceil(n_kind / 3)); pooled, no local trial would."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from hebbrobust.study.moasha import MOASHA, RUNG_KEY, promoted
+
+    class FakeTrial:
+        def __init__(self, trial_id: str, config: dict) -> None:
+            self.trial_id, self.config = trial_id, config
+
+    local = np.array([[0.6, 0.1], [0.3, 0.4], [0.5, 0.05], [0.2, 0.3], [0.1, 0.1], [0.25, 0.2]])  # front: 0, 1
+    backprop = np.array([[0.95, 0.6], [0.9, 0.5], [0.8, 0.45]])  # front: 0
+    reports = [("local", f"l{i}", p) for i, p in enumerate(local)] + [("backprop", f"b{i}", p) for i, p in
+                                                                        enumerate(backprop)]  # fmt: skip
+    keeps = {"l0", "l1", "b0"}
+    assert promoted(local, MAXMAX, 3).tolist() == [True, True] + [False] * 4
+    assert not promoted(np.vstack([local, backprop]), MAXMAX, 3)[: len(local)].any()  # pooled: every local stops
+    order = np.random.default_rng(0).permutation(len(reports))
+    for last in range(len(reports)):
+        for searched in (True, False):
+            sched = MOASHA(MAXMAX, reduction=3)
+            decisions = {}
+            for i in [*(i for i in order if i != last), last]:  # the trial `last` reports when all others have
+                kind, trial_id, (a, b) = reports[i]
+                config = {"model.kind": kind, "head.lr": 0.01} if searched else {"head.lr": 0.01}
+                result = {RUNG_KEY: 0, "val_clean_acc": a, "val_pgd_acc@2": b}
+                decisions[trial_id] = sched.on_trial_result(None, FakeTrial(trial_id, config), result)
+            trial_id = reports[last][1]
+            if searched:
+                assert (decisions[trial_id] == TrialScheduler.CONTINUE) == (trial_id in keeps), trial_id
+            else:  # one kind (not searched): today's pooled ranking, where the best 3 of 9 are backprop's
+                assert (decisions[trial_id] == TrialScheduler.CONTINUE) == trial_id.startswith("b"), trial_id
+
+
 # --------------------------------------------------------------------------- validation split
 
 TINY = TrialConfig.model_validate({
