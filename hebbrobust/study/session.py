@@ -1,6 +1,8 @@
 """The Ray side of a study: joining or starting Ray, the resources each trial asks for, and Tune
 kept quiet while the driver renders progress itself. Choices that avoid the traps in docs/platform.md: the GPU
-request follows `ray.cluster_resources()`; a local Ray gets a small object store and no dashboard."""
+request follows `ray.cluster_resources()`; a local Ray gets a small object store and no dashboard; a trial
+whose worker Ray's memory monitor kills fails (and is retried) like one whose worker was SIGKILLed
+(`lost_workers_fail_trials`), instead of ending the study."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from hebbrobust.config import StudySpec
 from hebbrobust.errors import HebbrobustError
@@ -38,6 +41,7 @@ def ray_session(address: str | None = None) -> Iterator[dict[str, float]]:
     A Ray this call started is shut down at the end; one already running is left alone."""
     import ray
 
+    lost_workers_fail_trials()
     started = False
     if not ray.is_initialized():
         addr = address or os.environ.get("RAY_ADDRESS")
@@ -63,6 +67,46 @@ def ray_session(address: str | None = None) -> Iterator[dict[str, float]]:
     finally:
         if started:
             ray.shutdown()
+
+
+def _worker_lost(cause: BaseException) -> Exception:
+    """`cause` (a Ray error that says a trial's worker process is gone) as a RayActorError, which
+    Tune's actor manager treats as a dead actor: the trial fails and is retried (max_failures)."""
+    from ray.exceptions import RayActorError
+
+    first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+    return RayActorError(error_msg=f"the trial's worker was lost ({type(cause).__name__}): {first[:400]}")
+
+
+def lost_workers_fail_trials() -> None:
+    """Makes Tune treat every Ray error that means "the worker process is gone" as a dead actor.
+
+    Ray's memory monitor kills workers when the node runs low on memory (95% by default, counting
+    every process on the machine). A worker killed while it runs a trial's `train` task reaches the
+    driver as a bare `ray.exceptions.OutOfMemoryError` (likewise WorkerCrashedError, NodeDiedError),
+    which is neither a RayActorError nor a RayTaskError; Tune's `RayActorManager._actor_task_failed`
+    (ray 2.60, air/execution/_internal/actor_manager.py) then raises `RuntimeError("Caught unexpected
+    exception: ...")` in the driver and the whole study ends. A SIGKILLed worker, by contrast, gives
+    ActorDiedError (a RayActorError): the trial fails, is retried up to max_failures, and the study
+    goes on. This wraps that method once per process so the other errors take the same path.
+    Idempotent; does nothing when the installed Ray lacks the method (a newer layout)."""
+    try:
+        from ray.air.execution._internal.actor_manager import RayActorManager
+    except ImportError:  # pragma: no cover - a Ray without the module
+        return
+    from ray.exceptions import RayActorError, RayError, RayTaskError
+
+    original = getattr(RayActorManager, "_actor_task_failed", None)
+    if original is None or getattr(original, "_hebbrobust_lost_workers", False):
+        return
+
+    def _actor_task_failed(self: Any, tracked_actor_task: Any, exception: Exception) -> None:
+        if isinstance(exception, RayError) and not isinstance(exception, RayActorError | RayTaskError):
+            exception = _worker_lost(exception)
+        original(self, tracked_actor_task, exception)
+
+    _actor_task_failed._hebbrobust_lost_workers = True  # type: ignore[attr-defined]
+    RayActorManager._actor_task_failed = _actor_task_failed  # type: ignore[method-assign]
 
 
 def trial_resources(spec: StudySpec, cluster: Mapping[str, float]) -> dict[str, float]:
