@@ -231,6 +231,12 @@ class StudyBar:
 
 
 def _print_outcome(outcome: Any) -> None:
+    if outcome.interrupted:  # Ctrl+C: one line with the way on, exit 130 (the shell's code for SIGINT)
+        err.print(
+            f"[yellow]interrupted:[/yellow] continue with `hebbrobust study resume {outcome.study_dir}`",
+            soft_wrap=True, highlight=False,
+        )  # fmt: skip
+        raise typer.Exit(130)
     front = outcome.front
     finished = outcome.counts.get("finished", 0)
     table = Table(title=f"Pareto front of {outcome.name} ({len(front)} of {finished} finished trials)")
@@ -259,8 +265,6 @@ def _print_outcome(outcome: Any) -> None:
     out.print(f"            parent run {outcome.parent_run_id}")
     out.print(f"            {outcome.mlflow_ui_command}")
     out.print(f"Optuna:     optuna-dashboard {outcome.optuna_storage}")
-    if outcome.interrupted:
-        err.print(f"[yellow]interrupted:[/yellow] continue with `hebbrobust study resume {outcome.study_dir}`")
 
 
 @study_app.command("run")

@@ -367,6 +367,59 @@ def test_a_worker_killed_by_rays_memory_monitor_fails_its_trial_not_the_study(tm
     assert states == ["COMPLETE"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_while_every_trial_runs_prints_one_line_and_the_study_resumes(tmp_path: Path) -> None:
+    """SIGINT to the driver's process group (what Ctrl+C in a terminal sends) while both trials of a
+    2-trial study run. Before: KeyError 'clean_acc' (fixed by fecf8d7), then: Tune's handler ended
+    fit() normally with both trials TERMINATED, so the study counted them failed (FAILED runs, parent
+    FINISHED: lost) and printed Tune's "Resume experiment with: Tuner.restore". Now: one line, exit
+    130, runs cut off, and `study resume` finishes the study."""
+    spec = write_spec(
+        tmp_path / "int.yaml",
+        {
+            "name": "int",
+            "base": {**TINY_BASE, "rule": {**TINY_BASE["rule"], "epochs": 1500},
+                     "backprop": {**TINY_BASE["backprop"], "epochs": 1000}},
+            "space": {"model.kind": ["local", "backprop"]},
+            "objectives": [{"metric": "clean_acc", "mode": "max"}, {"metric": "pgd_acc@2", "mode": "max"}],
+            "sampler": {"name": "grid"},
+            "num_trials": 2,
+            "max_concurrent": 2,
+        },
+    )  # fmt: skip
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log = tmp_path / "run.log"
+    driver = hebbrobust("study", "run", str(spec), "--storage", "studies", "--tracking-uri", uri, cwd=tmp_path, log=log)
+    try:
+        wait_for("both trials running", lambda: statuses(study_runs(uri, "int", polling=True)).get("RUNNING", 0) == 2,
+                 300, driver)  # fmt: skip
+        os.killpg(driver.pid, signal.SIGINT)
+        driver.wait(timeout=120)
+    finally:
+        end_group(driver)
+    text = log.read_text(errors="replace")
+    assert driver.returncode == 130, text[-3000:]
+    study_dir = tmp_path / "studies" / "int"
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[-1] == f"interrupted: continue with `hebbrobust study resume {study_dir}`", text[-3000:]
+    for noise in ("Traceback", "KeyError", "Tuner.restore", "Pareto front"):
+        assert noise not in text, noise
+    runs = study_runs(uri, "int")
+    parent = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) != "trial"]
+    assert [r.info.status for r in parent] == ["KILLED"]
+    assert "RUNNING" not in statuses(runs) and "FAILED" not in statuses(runs), statuses(runs)
+
+    resume = hebbrobust("study", "resume", str(study_dir), cwd=tmp_path, log=tmp_path / "resume.log")
+    finish(resume, 480, tmp_path / "resume.log")
+    trials = optuna.load_study(study_name="int", storage=f"sqlite:///{study_dir}/optuna.db").trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["model.kind"] for t in complete) == ["backprop", "local"]
+    assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
+    finished = [r for r in children(study_runs(uri, "int")) if r.info.status == "FINISHED"]
+    assert len(finished) == 2 and len({r.data.tags[tracking.TRIAL_ID_TAG] for r in finished}) == 2
+
+
 # --------------------------------------------------------------------------- 2: kill the driver, resume
 
 

@@ -386,13 +386,25 @@ def _fit(run: StudyRun) -> StudyOutcome:
         raise
     finally:
         SINKS.pop(str(run.study_dir), None)
-    interrupted = ended < run.count
+    # Ctrl+C: Tune's own SIGINT handler ends fit() normally and marks the running trials TERMINATED,
+    # so `ended` alone misses an interrupt once every trial has started; a trial Optuna was never
+    # told about (still RUNNING) did not end either
+    interrupted = ended < run.count or _untold(run)
     if interrupted:
         why = "cut off: the study was interrupted (`study resume` runs it again)"
         close_open_runs(run.target, run.parent, "KILLED", why)
     else:
         close_open_runs(run.target, run.parent, "FAILED", "the trial ended without closing its run")
     return _conclude(run.study_dir, run.started, interrupted=interrupted)
+
+
+def _untold(run: StudyRun) -> bool:
+    """Whether an Optuna trial of the study is still RUNNING (asked, never told) after Tune ended."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=run.spec.name, storage=run.meta["optuna_storage"])
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _conclude(study_dir: Path, started: float, *, interrupted: bool) -> StudyOutcome:

@@ -134,16 +134,25 @@ def trial_resources(spec: StudySpec, cluster: Mapping[str, float]) -> dict[str, 
 def quiet_tune() -> Iterator[None]:
     """Tune's console output off while a study runs (the caller renders `on_progress`): its new
     output engine prints tables even at verbose=0, the legacy one with verbose=0 prints nothing.
-    Trial failures still reach the `ray.tune` logger, and MLflow has their tracebacks."""
+    Trial failures still reach the `ray.tune` logger, and MLflow has their tracebacks; the driver's own
+    interrupt messages (which point at Tuner.restore) do not."""
     import optuna
 
     saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
     optuna_level = optuna.logging.get_verbosity()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # On Ctrl+C these print "Stop signal received ...", "Resume experiment with: Tuner.restore(...)"
+    # (the wrong way on: `study resume` is) and "Failed to fetch metrics" for the trials cut off
+    chatty = [logging.getLogger(n) for n in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    levels = [c.level for c in chatty]
+    for c in chatty:
+        c.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        for c, level in zip(chatty, levels, strict=True):
+            c.setLevel(level)
         optuna.logging.set_verbosity(optuna_level)
         if saved is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
