@@ -167,11 +167,13 @@ def robust_accuracy_grid(
     per_image: dict[tuple[str, float], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """FGSM and PGD (random start, cfg.pgd_restarts, step cfg.pgd_alpha·ε, cfg.pgd_steps) accuracy at
-    every L∞ ε of cfg.eps (units of 1/255) on the first cfg.n_images images; `seed` seeds the starts.
-    `tick` is called after each (batch, ε). `per_image`, when given, is filled with (attack, ε) -> (n,)
+    every L∞ ε of cfg.eps (units of 1/255) on the first cfg.n_images images; `seed` seeds the starts,
+    one generator per ε, so the starts at an ε depend on (seed, ε's batches) only, not on which other
+    ε are on the grid: `transfer.transfer_matrix` at that ε draws the same ones (its diagonal equals
+    pgd_acc@ε). `tick` is called after each (batch, ε). `per_image`, when given, is filled with (attack, ε) -> (n,)
     bool array: image still classified correctly after the attack (the audit's worst case uses it)."""
     x, y = x[: cfg.n_images], y[: cfg.n_images]
-    gen = _generator(x.device, seed)
+    gens = {e: _generator(x.device, seed) for e in cfg.eps}
     n = x.shape[0]
     correct = {(a, e): 0 for a in ATTACKS for e in cfg.eps}
     correct_rel = dict(correct)
@@ -186,7 +188,7 @@ def robust_accuracy_grid(
             advs = {
                 "fgsm": fgsm(model, xb, yb, eps=eps),
                 "pgd": pgd(model, xb, yb, eps=eps, alpha=cfg.pgd_alpha * eps, steps=cfg.pgd_steps,
-                           random_start=True, restarts=cfg.pgd_restarts, generator=gen),
+                           random_start=True, restarts=cfg.pgd_restarts, generator=gens[e]),
             }
             for a, x_adv in advs.items():
                 ok = predict(model, x_adv, batch_size=cfg.batch_size)[0] == yb

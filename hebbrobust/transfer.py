@@ -5,7 +5,7 @@ pgd() and every target model is evaluated on them; the diagonal is each model's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 import torch
@@ -24,20 +24,23 @@ def transfer_matrix(
     alpha: float = 0.25,
     steps: int = 20,
     restarts: int = 1,
-    seed: int = 0,
+    seed: int | Mapping[str, int] = 0,
     batch_size: int = 500,
     tick: Callable[[], None] = lambda: None,
 ) -> pd.DataFrame:
     """Accuracy of every target model (columns) on L∞ PGD examples crafted on every source (rows).
 
     eps in units of 1/255; PGD as on the per-trial grid: random start, `restarts`, step alpha·ε,
-    `steps` iterations, the starts seeded by `seed` (the same starts for every source). Images are
-    absolute accuracy over all of x (a clean mistake counts as broken). All models live on x's device.
-    `tick` is called once per source."""
+    `steps` iterations, the starts seeded by `seed` (one int: the same starts for every source; a
+    mapping: each source's own seed). A fresh generator per source, advanced batch by batch as
+    `evaluate.robust_accuracy_grid` advances its generator for this ε: with each source's own attack
+    seed and the grid's batch_size, n_images and PGD settings, the diagonal equals each model's
+    white-box pgd_acc@ε image for image. Images are absolute accuracy over all of x (a clean mistake
+    counts as broken). All models live on x's device. `tick` is called once per source."""
     labels = list(models)
     rows = []
     for src in labels:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
+        gen = torch.Generator(device=x.device).manual_seed(seed if isinstance(seed, int) else seed[src])
         correct = dict.fromkeys(labels, 0)
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]

@@ -473,7 +473,9 @@ def transfer_dirs(
     trial_dirs: list[Path], *, eps: float, n_images: int | None = None, on_step: EpochCallback | None = None
 ) -> tuple[Any, Any]:
     """transfer_matrix of saved trials trained on the same data (their first trial's attack settings:
-    PGD steps, step size, restarts, seed; its n_images unless given); returns (matrix, heatmap figure).
+    PGD steps, step size, restarts, batch size; its n_images unless given; each source's starts
+    seeded by its own attack seed, `training_seed`, as its white-box grid was, so the diagonal is
+    its pgd_acc@eps); returns (matrix, heatmap figure).
     Labels are model_label(), with the directory name added where two would read the same."""
     from hebbrobust.transfer import transfer_matrix
 
@@ -498,7 +500,8 @@ def transfer_dirs(
 
     matrix = transfer_matrix(
         {lab: model for lab, (_, model, _) in zip(labels, loaded, strict=True)}, data.x_test[:n], data.y_test[:n],
-        eps, alpha=a.pgd_alpha, steps=a.pgd_steps, restarts=a.pgd_restarts, seed=first.seed,
+        eps, alpha=a.pgd_alpha, steps=a.pgd_steps, restarts=a.pgd_restarts,
+        seed={lab: cfg.training_seed for lab, (cfg, _, _) in zip(labels, loaded, strict=True)},
         batch_size=a.batch_size, tick=tick,
     )
     return matrix, plots.transfer_heatmap(matrix, eps, title=f"PGD transfer on {first.data.name}, "
