@@ -511,6 +511,26 @@ def _trial_row(run: Any) -> dict[str, Any]:
     return row
 
 
+def finished_trial_run(target: TrackingTarget, parent_run_id: str, trial_id: str) -> dict[str, Any] | None:
+    """The FINISHED run of Tune trial `trial_id` in the study of `parent_run_id`, or None: {run_id,
+    metrics (final ones, under the trial's own names), gated (the GATED_TAG reason, or None)}. A
+    retried attempt asks first: its trial may have finished already, with only the result lost on
+    the way to Tune (see study.trainable)."""
+    where = (
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}' "
+        "and attributes.status = 'FINISHED'"
+    )
+    try:
+        runs = target.client().search_runs([target.experiment_id], filter_string=where, max_results=1)
+    except MlflowException as e:
+        raise _fail("cannot read the trial runs", target.uri, e) from None
+    if not runs:
+        return None
+    names = _parse_names(runs[0].data.tags)
+    metrics = {name: v for k, v in runs[0].data.metrics.items() if "/" not in (name := names.get(k, k))}
+    return {"run_id": runs[0].info.run_id, "metrics": metrics, "gated": runs[0].data.tags.get(GATED_TAG)}
+
+
 def read_trials(target: TrackingTarget, parent_run_id: str) -> pd.DataFrame:
     """The child runs of `parent_run_id`, one row each: run_id, trial_id, run_name, status, reason,
     start/end times, the searched params (dotted keys, their own types), `model.kind`, and every

@@ -498,6 +498,48 @@ def test_sigkill_the_driver_mid_study_then_resume_loses_and_duplicates_nothing(t
     print(f"\nkill-and-resume: killed at {killed_at:.0f} s, whole test {time.monotonic() - started:.0f} s")
 
 
+def test_a_retried_attempt_of_a_finished_trial_reports_its_run_instead_of_training_again(tmp_path: Path) -> None:
+    """The full soak's one double: a worker SIGKILLed after its trial closed its run FINISHED but
+    before Tune had the result; Tune retried the trial and a second FINISHED run appeared. A retried
+    attempt now finds the first run (real MLflow store) and reports its values (metric names with
+    '@' read back under the trial's own names); other trials' runs and unfinished attempts do not count."""
+    from hebbrobust.metrics import GATED
+    from hebbrobust.study.trainable import finished_report
+
+    target = tracking.ensure_experiment(f"sqlite:///{tmp_path}/mlflow.db", "retry")
+    parent = tracking.start_parent_run(target, "retry", params={}, tags={})
+    other = tracking.start_parent_run(target, "retry", params={}, tags={})
+
+    def attempt(trial_id: str, under: str = parent) -> Any:
+        return tracking.TrialRun.start(target, parent_run_id=under, study="retry", trial_id=trial_id, name=trial_id,
+                                       params={}, searched={"rule.p": 3})  # fmt: skip
+
+    attempt("done").fail("the trial's worker ended without closing its run (...)")
+    run = attempt("done")
+    run.final({"clean_acc": 0.9, "pgd_acc@2": 0.5, "pgd_R_reason": "no fit"})
+    run.finish()
+    attempt("killed").fail("the trial's worker ended without closing its run (...)")
+    attempt("running")
+    in_other = attempt("elsewhere", other)
+    in_other.final({"clean_acc": 0.1})
+    in_other.finish()
+    gated = attempt("gated")
+    gated.final({"unconverged_frac": 0.9})
+    gated.finish(tags={tracking.GATED_TAG: "unconverged_frac 0.9 > 0.5"})
+
+    done = tracking.finished_trial_run(target, parent, "done")
+    assert done is not None and done["run_id"] == run.run_id
+    objectives = [("clean_acc", "max"), ("pgd_acc@2", "max")]
+    report = finished_report(done, objectives, tmp_path / "trials" / "done")
+    assert {k: report[k] for k in ("clean_acc", "pgd_acc@2", "mlflow_run_id")} == {
+        "clean_acc": pytest.approx(0.9), "pgd_acc@2": pytest.approx(0.5), "mlflow_run_id": run.run_id}
+    assert GATED not in report
+    for trial_id in ("killed", "running", "elsewhere", "never"):
+        assert tracking.finished_trial_run(target, parent, trial_id) is None, trial_id
+    gated_report = finished_report(tracking.finished_trial_run(target, parent, "gated"), objectives, tmp_path)
+    assert gated_report[GATED] == 1 and math.isnan(gated_report["clean_acc"])
+
+
 def test_reconcile_recovers_untold_trials_cuts_off_unfinished_ones_and_is_idempotent(tmp_path: Path) -> None:
     """The three states a SIGKILL can leave a trial in, built in real Optuna and MLflow stores
     (no Ray): finished and told; finished in MLflow but never told to Optuna (the driver died in

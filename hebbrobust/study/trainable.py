@@ -22,6 +22,10 @@ callbacks.TrialRunCloser).
 A trial that fails (TrialError from the science code, or any other exception) is closed FAILED in
 MLflow with the reason as a tag and the traceback as an artifact, then re-raised so that Tune
 marks it errored and OptunaSearch tells Optuna FAIL; the study goes on.
+
+An attempt whose trial already has a FINISHED run (its worker died after closing the run, before
+Tune had the result: Tune retries it) reports that run's values again instead of training a second
+time, so a trial never has two FINISHED runs (the full chaos soak found one such double).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from hebbrobust.errors import TrialError
 from hebbrobust.fileio import disk_full
 from hebbrobust.metrics import GATED, GATED_REASON
 from hebbrobust.study.record import DISK_FULL
-from hebbrobust.tracking import GATED_TAG, HOST_TAG, NODE_TAG, TrackingTarget, TrialRun
+from hebbrobust.tracking import GATED_TAG, HOST_TAG, NODE_TAG, TrackingTarget, TrialRun, finished_trial_run
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,17 @@ def nested_spread(runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, floa
         if max(len(group) for group in runs) > 1 and within:
             out[f"{key}_std_heads"] = statistics.fmean(within)
     return out
+
+
+def finished_report(done: Mapping[str, Any], objectives: Sequence[tuple[str, str]], out_dir: Path) -> dict[str, Any]:
+    """What Tune gets from an attempt whose trial already has a FINISHED run
+    (`tracking.finished_trial_run`): that run's final metrics, as the first attempt reported them (a
+    gated one: objectives NaN and `gated` = 1, so the searcher tells Optuna PRUNED)."""
+    report: dict[str, Any] = {k: n for k, v in done["metrics"].items() if (n := _number(v)) is not None}
+    if done.get("gated"):
+        report.update({m: math.nan for m, _ in objectives}, **{GATED: 1})
+    report.update(mlflow_run_id=str(done["run_id"]), trial_dir=str(out_dir))
+    return report
 
 
 def objective_problem(metrics: Mapping[str, Any], objectives: Sequence[tuple[str, str]]) -> str | None:
@@ -228,6 +243,11 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tune_ctx.get_trial_id() or "trial"
     spec = ctx.spec
     objectives = [(o.metric, o.mode) for o in spec.objectives]
+    out_dir = Path(ctx.study_dir) / "trials" / trial_id
+    done = finished_trial_run(ctx.tracking, ctx.parent_run_id, trial_id)
+    if done is not None:  # an earlier attempt finished; its worker died before Tune had the result
+        tune.report(finished_report(done, objectives, out_dir))
+        return
     first = trial_config(spec, params)
     run = TrialRun.start(
         ctx.tracking,
@@ -244,7 +264,6 @@ def run_study_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             HOST_TAG: f"{socket.gethostname()}:{os.getpid()}",
         },
     )
-    out_dir = Path(ctx.study_dir) / "trials" / trial_id
     try:
         per_seed: list[dict[str, Any]] = []
         groups: dict[int, list[dict[str, Any]]] = {}
