@@ -79,7 +79,7 @@ def _worker_lost(cause: BaseException) -> Exception:
 
 
 def lost_workers_fail_trials() -> None:
-    """Makes Tune treat every Ray error that means "the worker process is gone" as a dead actor.
+    """Makes Tune treat a Ray error that means "the trial's worker is gone" as a dead actor.
 
     Ray's memory monitor kills workers when the node runs low on memory (95% by default, counting
     every process on the machine). A worker killed while it runs a trial's `train` task reaches the
@@ -88,8 +88,10 @@ def lost_workers_fail_trials() -> None:
     (ray 2.60, air/execution/_internal/actor_manager.py) then raises `RuntimeError("Caught unexpected
     exception: ...")` in the driver and the whole study ends. A SIGKILLed worker, by contrast, gives
     ActorDiedError (a RayActorError): the trial fails, is retried up to max_failures, and the study
-    goes on. This wraps that method once per process so the other errors take the same path.
-    Idempotent; does nothing when the installed Ray lacks the method (a newer layout)."""
+    goes on. This wraps that method once per process so that every other Ray error of a trial's task
+    takes the same path (whatever it is, failing the one trial beats ending the study; Tune drops the
+    actor's handle, which ends it if it still lives). Idempotent; does nothing when the installed Ray
+    lacks the method (a newer layout)."""
     try:
         from ray.air.execution._internal.actor_manager import RayActorManager
     except ImportError:  # pragma: no cover - a Ray without the module
