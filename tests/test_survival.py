@@ -163,7 +163,9 @@ def test_on_a_full_disk_writes_fail_naming_the_file_and_keep_what_was_there(smal
 MOVE_SPEC = {
     "name": "mv",
     "base": TINY_BASE,
-    "space": {"model.kind": ["local", "backprop"]},
+    # conditional: the backprop trial has no rule.p, which `study repair` must not take for a lost value
+    "space": {"model.kind": ["local", "backprop"],
+              "rule.p": {"type": "categorical", "choices": [3], "when": {"model.kind": "local"}}},
     "objectives": [{"metric": "clean_acc"}, {"metric": "pgd_acc@2"}],
     "sampler": {"name": "grid", "seed": 0},
     "num_trials": 2,
@@ -223,7 +225,8 @@ def test_damaged_stores_are_one_line_at_start_and_repair_rebuilds_them(finished_
     # optuna.db lost: one line with the way on; repair rebuilds it from the MLflow runs
     study_dir = copy_of(finished_study, tmp_path / "lost")
     before = optuna.load_study(study_name="mv", storage=f"sqlite:///{study_dir}/optuna.db")
-    want = sorted((t.params["model.kind"], tuple(t.values)) for t in before.trials)
+    want = sorted((sorted(t.params.items()), tuple(t.values)) for t in before.trials)
+    assert sorted(len(p) for p, _ in want) == [1, 2]  # backprop: model.kind; local: model.kind and rule.p
     (study_dir / "optuna.db").unlink()
     printed["optuna.db lost"] = line = one_line(runner.invoke(app, ["study", "resume", str(study_dir)]))
     assert "optuna.db: the study's Optuna record is missing" in line and f"study repair {study_dir}" in line
@@ -231,7 +234,7 @@ def test_damaged_stores_are_one_line_at_start_and_repair_rebuilds_them(finished_
     assert result.exit_code == 0 and "2 complete, 0 failed" in result.output, result.output
     printed["repair (optuna.db lost)"] = " | ".join(result.output.split("\n")[:2])
     rebuilt = optuna.load_study(study_name="mv", storage=f"sqlite:///{study_dir}/optuna.db")
-    assert sorted((t.params["model.kind"], tuple(t.values)) for t in rebuilt.trials) == want
+    assert sorted((sorted(t.params.items()), tuple(t.values)) for t in rebuilt.trials) == want
     assert rebuilt.metric_names == ["clean_acc", "pgd_acc@2"]
     result = runner.invoke(app, ["study", "resume", str(study_dir)])
     assert result.exit_code == 0 and "trials: 2 finished" in result.output, result.output

@@ -27,7 +27,7 @@ from hebbrobust.errors import HebbrobustError
 from hebbrobust.fileio import sqlite_problem
 from hebbrobust.study import directory as sd
 from hebbrobust.study.record import RERUN_ATTR, TUNE_TRIAL_ATTR, check_stores, create_optuna_study
-from hebbrobust.study.space import optuna_space
+from hebbrobust.study.space import applies, optuna_space
 
 _SQLITE = "sqlite:///"
 REBUILT_ATTR = "hebbrobust_rebuilt_from"  # Optuna user attr on a rebuilt trial: the MLflow run it came from
@@ -141,7 +141,10 @@ def _rebuild_optuna(spec: StudySpec, study_dir: Path, meta: dict[str, Any], out:
         finished = attempts[attempts["status"] == "FINISHED"]
         row = (finished if len(finished) else attempts).iloc[-1]
         try:
-            params = {k: _plain(row.get(k)) for k in space}
+            params: dict[str, Any] = {}
+            for k in space:  # in the space's order, as SearchSpace suggests: only the keys that apply
+                if applies(spec, k, params):
+                    params[k] = _plain(row.get(k))
             if row["status"] == "FINISHED":
                 values: list[float] | None = [float(row[m]) for m in objectives]
                 if not all(math.isfinite(v) for v in values or []):
@@ -154,7 +157,7 @@ def _rebuild_optuna(spec: StudySpec, study_dir: Path, meta: dict[str, Any], out:
                 out.rerun += 1
                 continue
             study.add_trial(create_trial(
-                state=state, params=params, distributions=dict(space), values=values,
+                state=state, params=params, distributions={k: space[k] for k in params}, values=values,
                 user_attrs={TUNE_TRIAL_ATTR: str(trial_id), REBUILT_ATTR: str(row["run_id"])},
             ))  # fmt: skip
         except (ValueError, KeyError, TypeError):
