@@ -158,7 +158,7 @@ def bootstrap_intervals(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         enough = len(dist) >= CI_RESAMPLES // 2
         tail = (1 - CI_LEVEL) / 2 * 100
         lo, hi = np.percentile(dist, [tail, 100 - tail]) if enough else (np.nan, np.nan)
-        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)
+        out[f"{name}_lo"], out[f"{name}_hi"] = float(np.clip(lo, -1, 1)), float(np.clip(hi, -1, 1))  # rounding
     return out
 
 

@@ -164,7 +164,7 @@ def test_shipped_specs_are_conditional_and_thesis_best_trains_elu1_backprop() ->
     points = space.grid_points(tradeoff)
     local = [p for p in points if p["model.kind"] == "local"]
     filter_sets = {(p["rule.p"], p["rule.k"], p.get("rule.delta")) for p in local}
-    assert len(local) >= 40 and len(filter_sets) >= 5 and len(points) - len(local) >= 16
+    assert len(local) >= 24 and len(filter_sets) >= 6 and len(points) - len(local) >= 8
     assert space.num_samples(tradeoff) == len(points)
 
 
