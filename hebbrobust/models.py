@@ -162,7 +162,10 @@ class HebbCNN(nn.Module):
 
     def classify(self, h: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """Log-probabilities from pool output h (overwritten when inplace)."""
-        a = activation_power(h, self.activation, self.power, inplace=inplace)
+        return self.classify_activated(activation_power(h, self.activation, self.power, inplace=inplace))
+
+    def classify_activated(self, a: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities from sigma^n of the pool output."""
         return F.log_softmax(self.head(a.flatten(1)), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 package (numpy, pandas, torch and numba only), so no import runs back up.
 
 - `int_power_`: x**n in place by repeated squaring (models' activation, the Krotov rule's norm);
+- `available_memory`: bytes free for a new allocation (the head decides whether σⁿ fits);
 - `set_threads`: numba's thread count for the calling thread (the rule's kernel, the max-pool);
 - `jit_pair`: a parallel and a serial numba build of one function, each with its own disk cache;
 - `dominated_by`: which points of one set another set dominates (both already maximised);
@@ -13,6 +14,7 @@ package (numpy, pandas, torch and numba only), so no import runs back up.
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -44,6 +46,22 @@ def int_power_(x: torch.Tensor, n: int) -> torch.Tensor:
             x.mul_(x)
     assert result is not None
     return result
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now: Linux's MemAvailable (free plus reclaimable
+    page cache), else free pages by sysconf, else 0."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def set_threads(n: int) -> None:

@@ -118,3 +118,26 @@ def test_a_finished_head_resumes_without_recomputing_pool_features(
     assert calls == [1]
     again = run_trial(TINY, checkpoint_dir=tmp_path)  # every stage is checkpointed as finished
     assert calls == [1] and again.metrics["clean_acc"] == first.metrics["clean_acc"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("activation", "power"), [("elu", 16), ("relu", 6), ("gelu", 3), ("relu", 1), ("rexp", 1)])
+def test_head_on_activations_computed_once_equals_sigma_per_batch(
+    monkeypatch: pytest.MonkeyPatch, activation: str, power: int, dtype: torch.dtype
+) -> None:
+    """sigma^n applied once to all pool outputs (activated_features) trains the same head, bit for bit,
+    as sigma^n applied to each batch (the path when they do not fit memory)."""
+    import hebbrobust.train as train
+
+    cfg = with_params(TINY, {"model.activation": activation, "model.power": power, "head.batch_size": 64})
+    monkeypatch.setattr(train, "feature_dtype", lambda model, n: dtype)  # the pool outputs as held at this size
+    held: list[torch.Tensor | None] = []
+    activated = train.activated_features
+    monkeypatch.setattr(train, "activated_features", lambda *a, **k: held.append(activated(*a, **k)) or held[-1])
+    once = run_trial(cfg)
+    monkeypatch.setattr(train, "ACTIVATED_BYTES", 0)  # sigma^n never fits: applied per batch
+    per_batch = run_trial(cfg)
+    assert held[0] is not None and held[0].dtype == torch.float32 and held[1] is None  # both paths ran
+    assert once.model is not None and per_batch.model is not None
+    assert torch.equal(once.model.head.weight, per_batch.model.head.weight)
+    assert once.curves == per_batch.curves and once.metrics["clean_acc"] == per_batch.metrics["clean_acc"]
