@@ -385,6 +385,22 @@ def test_extract_patches_matches_unfold_and_conv2d_ordering() -> None:
     assert torch.equal(by_position, got) and by_position[:, 7].is_contiguous()
 
 
+@pytest.mark.skipif(not krotov._kernel.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("position_major", [False, True])
+@pytest.mark.parametrize("p", [3.0, 4.0, 12.0])
+def test_compiled_unfold_gives_the_torch_unfolds_patches_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, p: float, position_major: bool
+) -> None:
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(37, 3, 11, 9, generator=gen)
+    images[3, :, :5, :5] = 0  # all-zero patches: divided by 1
+    monkeypatch.setattr(krotov, "_PATCH_BLOCK", 700)  # several blocks of images
+    compiled = extract_patches(images, 4, p, position_major=position_major)
+    monkeypatch.setattr(krotov._kernel, "AVAILABLE", False)
+    plain = extract_patches(images, 4, p, position_major=position_major)
+    assert compiled.stride() == plain.stride() and torch.equal(compiled, plain)
+
+
 def test_normalize_patches_divides_by_one_below_the_floor() -> None:
     v = torch.tensor([[0.0, 0.0, 0.0], [5e-8, 0.0, 0.0], [2e-7, 0.0, 0.0], [3.0, -4.0, 1.0]])
     before = v.clone()
