@@ -49,6 +49,7 @@ from hebbrobust.metrics import (
 )
 
 SQUARE_P_INIT = 0.8  # Square's initial fraction of pixels per square (AutoAttack's L∞ value)
+SQUARE_CHUNK = 50  # images per Square run (each chunk seeded seed + its index): a chunk stops when all are broken
 
 
 @contextmanager
@@ -130,13 +131,23 @@ def audit_per_image(
 ) -> dict[tuple[str, float], np.ndarray]:
     """(attack, ε in 1/255) -> (n,) bool: image still classified correctly after the attack, for every
     attack of `attacks` (default cfg.audit) and ε of cfg.eps, on all of x (a clean mistake is never
-    robust). `tick` is called after each (attack, ε)."""
+    robust, so only the images classified correctly are attacked). Square runs on SQUARE_CHUNK images at
+    a time: ART's Square predicts its whole input every iteration until every image is broken, so one
+    robust image kept 500 in play for all its queries. `tick` is called after each (attack, ε)."""
     classes = _classes(model, x)
+    correct = (predict(model, x, batch_size=cfg.batch_size)[0] == y).cpu().numpy()
+    index = np.flatnonzero(correct)
     out: dict[tuple[str, float], np.ndarray] = {}
     for name in cfg.audit if attacks is None else attacks:
+        chunk = SQUARE_CHUNK if name == "square" else max(len(index), 1)
         for e in cfg.eps:
-            x_adv = run_attack(model, x, y, name, e / 255, cfg, seed=seed, classes=classes)
-            out[name, e] = (predict(model, x_adv, batch_size=cfg.batch_size)[0] == y).cpu().numpy()
+            robust = np.zeros(len(x), dtype=bool)
+            for i, start in enumerate(range(0, len(index), chunk)):
+                rows = index[start : start + chunk]
+                xs, ys = x[torch.as_tensor(rows, device=x.device)], y[torch.as_tensor(rows, device=x.device)]
+                x_adv = run_attack(model, xs, ys, name, e / 255, cfg, seed=seed + i, classes=classes)
+                robust[rows] = (predict(model, x_adv, batch_size=cfg.batch_size)[0] == ys).cpu().numpy()
+            out[name, e] = robust
             tick()
     return out
 

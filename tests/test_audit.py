@@ -100,6 +100,35 @@ def test_square_is_seeded_and_stays_in_its_ball(tiny: tuple[nn.Module, Tensor, T
     assert np.array_equal(np.random.get_state()[1], state)
 
 
+def test_audit_attacks_only_correct_images_and_square_in_seeded_chunks(
+    tiny: tuple[nn.Module, Tensor, Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean mistake is never robust (and is not attacked); Square runs on chunks of SQUARE_CHUNK
+    correct images, chunk i seeded seed + i, so the audit equals run_attack on those chunks image for image."""
+    import hebbrobust.audit as audit_mod
+
+    model, x, y = tiny
+    y = y.clone()
+    y[::7] = (y[::7] + 1) % 3  # wrong labels: clean mistakes
+    monkeypatch.setattr(audit_mod, "SQUARE_CHUNK", 16)
+    cfg = _cfg(square_queries=30)
+    got = audit_per_image(model, x, y, cfg, attacks=("square",), seed=7)
+    with torch.no_grad():
+        correct = (model(x).argmax(1) == y).numpy()
+    assert 0 < correct.sum() < len(x)  # the fixture has mistakes to skip
+    index = np.flatnonzero(correct)
+    for e in cfg.eps:
+        want = np.zeros(len(x), dtype=bool)
+        for i, start in enumerate(range(0, len(index), 16)):
+            rows = index[start : start + 16]
+            adv = run_attack(model, x[rows], y[rows], "square", e / 255, cfg, seed=7 + i)
+            with torch.no_grad():
+                want[rows] = (model(adv).argmax(1) == y[rows]).numpy()
+        assert np.array_equal(got["square", e], want)
+        assert not got["square", e][~correct].any()
+    assert got["square", 8.0].sum() > got["square", 24.0].sum()  # Square breaks some images, more at 24/255
+
+
 def test_apgd_stays_in_its_ball_and_runs_in_eval_mode(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
     model, x, y = tiny
     model.train()
