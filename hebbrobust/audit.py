@@ -144,7 +144,8 @@ def audit_per_image(
             robust = np.zeros(len(x), dtype=bool)
             for i, start in enumerate(range(0, len(index), chunk)):
                 rows = index[start : start + chunk]
-                xs, ys = x[torch.as_tensor(rows, device=x.device)], y[torch.as_tensor(rows, device=x.device)]
+                at = torch.as_tensor(rows, device=x.device)
+                xs, ys = x[at], y[at]
                 x_adv = run_attack(model, xs, ys, name, e / 255, cfg, seed=seed + i, classes=classes)
                 robust[rows] = (predict(model, x_adv, batch_size=cfg.batch_size)[0] == ys).cpu().numpy()
             out[name, e] = robust

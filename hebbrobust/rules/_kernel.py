@@ -191,15 +191,13 @@ def rank_and_add(
         _compiled(I, V, k, np.float32(delta), H, numba.get_num_threads(), lanes, LANES)
 
 
-def unfold_into(img: np.ndarray, kernel: int, out: np.ndarray, threads: int | None = None) -> None:
+def unfold_into(img: np.ndarray, kernel: int, out: np.ndarray, threads: int) -> None:
     """out (B, P, N) float32, any strides (krotov.extract_patches' position-major view too) = the patches
     of img (B, C, H, W) float32, as F.unfold(img, kernel).transpose(1, 2) has them, without normalising.
-    About 4x faster than that unfold and its strided copy on CPU. threads as in rank_and_add."""
+    About 4x faster than that unfold and its strided copy on CPU. threads: 1 runs the serial build (numba's
+    pool untouched), more split the images into that many runs, whatever numba's thread count is then."""
     B, C, H, W = img.shape
     want = (B, (H - kernel + 1) * (W - kernel + 1), C * kernel * kernel)
     if out.shape != want:  # the kernel does not check its indices
         raise ValueError(f"patches have shape {out.shape}, the kernel wants {want}")
-    if threads == 1:
-        _unfold_serial(img, kernel, out, 1)
-    else:
-        _unfold_parallel(img, kernel, out, numba.get_num_threads())
+    (_unfold_serial if threads == 1 else _unfold_parallel)(img, kernel, out, max(1, threads))

@@ -131,8 +131,7 @@ def extract_patches(images: Tensor, kernel: int, p: float, *, position_major: bo
         patches = patches.transpose(0, 1)  # (B, P, N) view
     compiled = images.device.type == "cpu" and images.dtype == torch.float32 and _kernel.AVAILABLE
     if compiled:  # the same values as the unfold below, copied in one pass
-        threads = torch.get_num_threads()
-        _kernel.unfold_into(images.detach().contiguous().numpy(), w, patches.numpy(), 1 if threads == 1 else None)
+        _kernel.unfold_into(images.detach().contiguous().numpy(), w, patches.numpy(), torch.get_num_threads())
     step = max(1, _PATCH_BLOCK // (P * N))
     for start in range(0, B, step):
         block = patches[start : start + step]  # (b, P, N)
