@@ -20,14 +20,19 @@ is restored afterwards.
 
 `audit_per_image()` gives per-image robust/broken arrays per attack per ε; `audit()` adds our PGD's
 per-image results from the grid and turns them into metrics (names in evaluate.py): <attack>_acc@<e>,
-worst_acc@<e> and the masking checks.
+worst_acc@<e> and the masking checks. With `partial` (a .npz path), `audit()` saves its per-image
+results after every chunk of attacked images and a rerun on the same model, images and settings
+(audit_fingerprint) picks up where a killed one stopped: a CIFAR audit takes about an hour on 2 cores.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,7 @@ from torch import Tensor, nn
 from hebbrobust.attacks import Model, eval_mode
 from hebbrobust.config import AttackConfig, AuditName
 from hebbrobust.evaluate import MASK_PGD_WORST_MAX_GAP, grid_metric, predict, robust_accuracy_grid
+from hebbrobust.fileio import atomic_write
 from hebbrobust.metrics import (
     AUDIT_IMAGES,
     AUDIT_SECONDS,
@@ -128,29 +134,75 @@ def audit_per_image(
     attacks: tuple[AuditName, ...] | None = None,
     seed: int = 0,
     tick: Callable[[], None] = lambda: None,
+    progress: dict[str, np.ndarray] | None = None,
+    on_chunk: Callable[[], None] = lambda: None,
 ) -> dict[tuple[str, float], np.ndarray]:
     """(attack, ε in 1/255) -> (n,) bool: image still classified correctly after the attack, for every
     attack of `attacks` (default cfg.audit) and ε of cfg.eps, on all of x (a clean mistake is never
     robust, so only the images classified correctly are attacked). Square runs on SQUARE_CHUNK images at
     a time: ART's Square predicts its whole input every iteration until every image is broken, so one
-    robust image kept 500 in play for all its queries. `tick` is called after each (attack, ε)."""
+    robust image kept 500 in play for all its queries. `tick` is called after each (attack, ε).
+
+    `progress` ('<attack>@<e>' -> robust bools, '<attack>@<e>:done' -> attacked bools) holds results
+    so far: chunks whose images are all done are not attacked again; it is filled as chunks finish and
+    `on_chunk` is called after each (audit() saves it there)."""
     classes = _classes(model, x)
     correct = (predict(model, x, batch_size=cfg.batch_size)[0] == y).cpu().numpy()
     index = np.flatnonzero(correct)
+    progress = {} if progress is None else progress
     out: dict[tuple[str, float], np.ndarray] = {}
     for name in cfg.audit if attacks is None else attacks:
         chunk = SQUARE_CHUNK if name == "square" else max(len(index), 1)
         for e in cfg.eps:
-            robust = np.zeros(len(x), dtype=bool)
+            key = f"{name}@{e:g}"
+            robust = progress.setdefault(key, np.zeros(len(x), dtype=bool))
+            done = progress.setdefault(f"{key}:done", np.zeros(len(x), dtype=bool))
             for i, start in enumerate(range(0, len(index), chunk)):
                 rows = index[start : start + chunk]
+                if done[rows].all():
+                    continue
                 at = torch.as_tensor(rows, device=x.device)
                 xs, ys = x[at], y[at]
                 x_adv = run_attack(model, xs, ys, name, e / 255, cfg, seed=seed + i, classes=classes)
                 robust[rows] = (predict(model, x_adv, batch_size=cfg.batch_size)[0] == ys).cpu().numpy()
-            out[name, e] = robust
+                done[rows] = True
+                on_chunk()
+            out[name, e] = robust.copy()
             tick()
     return out
+
+
+def audit_fingerprint(model: Model, x: Tensor, y: Tensor, cfg: AttackConfig, seed: int) -> str:
+    """What an audit's per-image results depend on: the model's parameters and buffers, the images, the
+    labels, the attack settings (all but the list of audit attacks: each runs on its own) and the seed."""
+    h = hashlib.sha256()
+    tensors = list(model.state_dict().values()) if isinstance(model, nn.Module) else []
+    for t in [*tensors, x, y]:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps({**cfg.model_dump(mode="json", exclude={"audit"}), "seed": seed}, sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+def load_progress(path: Path, tag: str) -> dict[str, np.ndarray]:
+    """An audit's saved progress when `path` holds one for the same fingerprint, else nothing."""
+    try:
+        with np.load(path) as z:
+            if str(z["tag"]) != tag:
+                return {}
+            return {k: z[k].copy() for k in z.files if k != "tag"}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def save_progress(path: Path, tag: str, progress: dict[str, np.ndarray]) -> None:
+    arrays: dict[str, Any] = {"tag": np.asarray(tag), **progress}
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: savez would append .npz to a bare path
+            np.savez(f, **arrays)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
 
 
 def worst_case(robust: dict[tuple[str, float], np.ndarray], eps: tuple[float, ...]) -> dict[float, np.ndarray]:
@@ -203,12 +255,15 @@ def audit(
     pgd_robust: dict[tuple[str, float], np.ndarray] | None = None,
     prior_mask_ok: object = None,
     on_step: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    partial: Path | None = None,
 ) -> tuple[dict[str, float | int], dict[tuple[str, float], np.ndarray]]:
     """The audit of cfg.audit on the fixed-ε grid's images (the first cfg.n_images of x_test): metrics
     and the per-image arrays ((attack, ε) -> robust bools, ours as "pgd", the worst case as "worst").
 
     `pgd_robust` is the grid's per-image results (evaluate_robustness's extras["grid_robust"]); without
-    it our grid runs here first. on_step("audit", done, total, {}) reports progress."""
+    it our grid runs here first. on_step("audit", done, total, {}) reports progress. With `partial`, the
+    per-image results are saved there after every chunk, a matching file is resumed, and it is removed
+    when the audit is complete."""
     if not cfg.audit:
         return {}, {}
     start = time.perf_counter()
@@ -227,7 +282,15 @@ def audit(
         robust_accuracy_grid(model, x, y, cfg, seed=seed, per_image=pgd_robust)
         tick()
     robust = {k: v for k, v in pgd_robust.items() if k[0] == "pgd"}
-    robust.update(audit_per_image(model, x, y, cfg, seed=seed, tick=tick))
+    progress: dict[str, np.ndarray] = {}
+    save: Callable[[], None] = lambda: None  # noqa: E731
+    if partial is not None:
+        path, tag = partial, audit_fingerprint(model, x, y, cfg, seed)
+        progress = load_progress(path, tag)
+        save = lambda: save_progress(path, tag, progress)  # noqa: E731
+    robust.update(audit_per_image(model, x, y, cfg, seed=seed, tick=tick, progress=progress, on_chunk=save))
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     metrics = audit_metrics(robust, cfg.eps, prior_mask_ok)
     robust.update({(WORST, e): w for e, w in worst_case(robust, cfg.eps).items()})
     metrics[AUDIT_SECONDS] = time.perf_counter() - start

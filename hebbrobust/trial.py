@@ -185,8 +185,11 @@ def run_trial(
     filters_tag = key_hash(filter_key(config, data.shape))
     tag = config.model_copy(update={"attack": AttackConfig(), "device": "auto"}).digest()
 
+    def ckpt_file(name: str) -> Path | None:
+        return None if checkpoint_dir is None else Path(checkpoint_dir) / name
+
     def ckpt(stage: str) -> Path | None:
-        return None if checkpoint_dir is None else Path(checkpoint_dir) / f"{stage}.pt"
+        return ckpt_file(f"{stage}.pt")
 
     curves: dict[str, list[float]] = {}
     metrics: dict[str, Any] = {N_TRAIN: len(x_train), N_TEST: len(x_test), "device": device.type}
@@ -273,7 +276,7 @@ def run_trial(
         if config.attack.audit:
             aud, extras["audit"] = audit(
                 model, x_test, y_test, config.attack, seed=seed, pgd_robust=rob_extras["grid_robust"],
-                prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_epoch,
+                prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_epoch, partial=ckpt_file("audit.npz"),
             )
             extras["audit_x"] = x_test[: config.attack.n_images]
             metrics.update(aud)
@@ -344,6 +347,7 @@ def _robustness_figures(out_dir: Path, extras: dict[str, Any], kind: str, classe
     return [out_dir / "robustness.png", out_dir / "adversarial.png"]
 
 
+AUDIT_PARTIAL = "audit.partial.npz"  # a re-evaluation's audit so far: a killed `evaluate --audit` resumes from it
 MASKED_IMAGES = 16  # images kept in audit.npz where our PGD failed but another attack broke the image
 
 
@@ -432,7 +436,8 @@ def reevaluate(
 ) -> dict[str, Any]:
     """Attack a saved trial again (optionally another eps grid, one attack, more images, the audit
     suite `audit_attacks` instead of the spec's attack.audit); updates its metrics.json,
-    robustness.png, adversarial.png and audit.npz and returns the new robustness metrics."""
+    robustness.png, adversarial.png and audit.npz and returns the new robustness metrics. The audit
+    saves its progress in AUDIT_PARTIAL as it goes: run again after a kill, it picks up there."""
     config, model, doc = load_trial_dir(trial_dir)
     changes: dict[str, Any] = {"enabled": True}
     if eps:
@@ -451,7 +456,8 @@ def reevaluate(
     )
     if attack_cfg.audit:
         aud, robust = audit(model, data.x_test, data.y_test, attack_cfg, seed=config.training_seed,
-                            pgd_robust=extras["grid_robust"], prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_step)
+                            pgd_robust=extras["grid_robust"], prior_mask_ok=rob.get(MASK_ALL_OK), on_step=on_step,
+                            partial=Path(trial_dir) / AUDIT_PARTIAL)
         rob.update(aud)
         save_audit(Path(trial_dir) / "audit.npz", robust, data.x_test[: attack_cfg.n_images])
     if attack is not None:

@@ -17,7 +17,7 @@ from test_cli import TINY, runner
 from torch import Tensor, nn
 
 from hebbrobust import plots
-from hebbrobust.audit import audit, audit_per_image, run_attack
+from hebbrobust.audit import audit, audit_per_image, run_attack, save_progress
 from hebbrobust.cli import app
 from hebbrobust.config import AttackConfig, TrialConfig, load_trial
 from hebbrobust.errors import SpecError
@@ -161,6 +161,49 @@ def test_worst_case_is_below_every_attack_per_image(hebb: tuple[nn.Module, Tenso
     assert metrics["audit_images"] == len(x)
 
 
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_audit_resumes_from_its_partial_file(hebb: tuple[nn.Module, Tensor, Tensor], tmp_path: Path) -> None:
+    """audit(partial=...) saves every finished chunk; a rerun on the same model, images and settings takes
+    what is there from the file (a value planted in it survives, so it was not recomputed), attacks the
+    rest and otherwise equals an uninterrupted audit; the file is gone once the audit completes, and one
+    written for other settings is ignored."""
+    model, x, y = hebb
+    cfg = _cfg(audit=("apgd-ce", "square"), n_images=len(x), square_queries=40)
+    _, want = audit(model, x, y, cfg, seed=0)
+    partial = tmp_path / "audit.partial.npz"
+
+    def kill_after_first_attack(stage: str, done: int, total: int, info: dict[str, float]) -> None:
+        if done == 2:  # our grid, then APGD-CE at ε = 8
+            raise Killed
+
+    with pytest.raises(Killed):
+        audit(model, x, y, cfg, seed=0, partial=partial, on_step=kill_after_first_attack)
+    with np.load(partial) as z:
+        saved = {k: z[k] for k in z.files}
+    assert np.array_equal(saved["apgd-ce@8"], want["apgd-ce", 8.0])
+    assert saved["apgd-ce@8:done"].any() and not (want["apgd-ce", 8.0] & ~saved["apgd-ce@8:done"]).any()
+    assert "apgd-ce@24" not in saved and "square@8" not in saved
+    i = int(np.flatnonzero(saved["apgd-ce@8:done"])[0])
+    saved["apgd-ce@8"][i] = not saved["apgd-ce@8"][i]
+    tag = str(saved.pop("tag"))
+
+    save_progress(partial, "other settings", saved)
+    _, fresh = audit(model, x, y, cfg, seed=0, partial=partial)
+    assert all(np.array_equal(fresh[k], v) for k, v in want.items())
+    assert not partial.exists()
+
+    save_progress(partial, tag, saved)
+    _, resumed = audit(model, x, y, cfg, seed=0, partial=partial)
+    assert resumed["apgd-ce", 8.0][i] != want["apgd-ce", 8.0][i]  # taken from the file
+    for k, v in want.items():
+        if k[0] not in ("apgd-ce", WORST) or k[1] != 8.0:
+            assert np.array_equal(resumed[k], v), k
+    assert not partial.exists()
+
+
 def test_square_flags_a_model_that_masks_its_gradients(tiny: tuple[nn.Module, Tensor, Tensor]) -> None:
     model, x, y = tiny
     cfg = _cfg(eps=(64.0,), audit=("square",), square_queries=200)
@@ -256,6 +299,7 @@ def test_cli_evaluate_audit_and_transfer(tmp_path: Path) -> None:
         assert metrics[f"worst_acc@{e}"] <= min(metrics[f"pgd_acc@{e}"], metrics[f"apgd-ce_acc@{e}"],
                                                 metrics[f"square_acc@{e}"]) + 1e-12
     assert "apgd-dlr_acc@2" not in metrics
+    assert not (dirs[0] / "audit.partial.npz").exists()  # a completed audit leaves no progress file
     with np.load(dirs[0] / "audit.npz") as per_image:
         assert sorted(per_image.files) == sorted([f"{a}@{e}" for a in ("pgd", "apgd-ce", "square", "worst")
                                                   for e in ("2", "8")] + ["masked_index", "masked_images"])
