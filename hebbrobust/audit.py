@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from hebbrobust.attacks import Model, eval_mode
 from hebbrobust.config import AttackConfig, AuditName
 from hebbrobust.evaluate import MASK_PGD_WORST_MAX_GAP, grid_metric, predict, robust_accuracy_grid
-from hebbrobust.fileio import atomic_write
+from hebbrobust.fileio import atomic_savez
 from hebbrobust.metrics import (
     AUDIT_IMAGES,
     AUDIT_SECONDS,
@@ -195,14 +195,8 @@ def load_progress(path: Path, tag: str) -> dict[str, np.ndarray]:
 
 
 def save_progress(path: Path, tag: str, progress: dict[str, np.ndarray]) -> None:
-    arrays: dict[str, Any] = {"tag": np.asarray(tag), **progress}
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:  # a file object: savez would append .npz to a bare path
-            np.savez(f, **arrays)
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
+    atomic_savez(path, {"tag": np.asarray(tag), **progress})
 
 
 def worst_case(robust: dict[tuple[str, float], np.ndarray], eps: tuple[float, ...]) -> dict[float, np.ndarray]:

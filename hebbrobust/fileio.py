@@ -14,6 +14,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 LOW_SPACE_BYTES = 1024**2  # a write that fails with less than this free on its file system: disk full
 
 
@@ -85,3 +87,14 @@ def sqlite_problem(path: Path | str) -> str | None:
     if found != [("ok",)]:
         return f"damaged ({'; '.join(str(r[0]) for r in found[:2])})"
     return None
+
+
+def atomic_savez(path: Path | str, arrays: dict[str, Any], *, compressed: bool = False) -> None:
+    """np.savez (or savez_compressed) of `arrays` onto `path` through atomic_write."""
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez would append .npz to a bare path
+            save(f, **arrays)
+
+    atomic_write(path, write)

@@ -21,7 +21,7 @@ from hebbrobust.config import AttackConfig, TrialConfig
 from hebbrobust.data import Dataset, load_dataset
 from hebbrobust.errors import SpecError, TrialError
 from hebbrobust.evaluate import AUDIT_ATTACKS, clean_accuracy, evaluate_robustness, filter_convergence
-from hebbrobust.fileio import atomic_write
+from hebbrobust.fileio import atomic_savez, atomic_write
 from hebbrobust.metrics import (
     CLEAN_ACC,
     FEATURE_SECONDS,
@@ -365,11 +365,7 @@ def save_audit(path: Path, robust: dict[tuple[str, float], Any], x: Any = None) 
         arrays["masked_index"] = index
         arrays["masked_images"] = np.asarray(x[index[:MASKED_IMAGES]].cpu().numpy(), dtype=np.float16)
 
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:  # a file object: savez would append .npz to a bare path
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write)
+    atomic_savez(path, arrays, compressed=True)
 
 
 def save_trial(result: TrialResult, out_dir: Path) -> dict[str, Path]:
